@@ -1,0 +1,16 @@
+"""Celler: cell-type annotation with a genomic language model trained for long-tailed labels.
+
+The package is split by stage, each module one idea:
+
+* data stages (no torch): :mod:`celler.io`, :mod:`celler.qc`, :mod:`celler.vocab`,
+  :mod:`celler.binning`, :mod:`celler.tokens`, :mod:`celler.splits`
+* model and training: :mod:`celler.model`, :mod:`celler.pretrain`, :mod:`celler.finetune`,
+  :mod:`celler.losses`
+* evaluation and reports: :mod:`celler.metrics`, :mod:`celler.baselines`, :mod:`celler.plots`
+"""
+
+__version__ = "0.1.0"
+
+from celler.errors import CellerError
+
+__all__ = ["CellerError", "__version__"]

@@ -1,0 +1,80 @@
+"""The ``celler`` command and the error handling shared by every entry point (CLI and Snakemake scripts).
+
+A user-fixable problem (:class:`CellerError`) ends as one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from celler.errors import CellerError
+
+
+def setup_logging(log_path: str | Path | None = None) -> None:
+    """Log to ``log_path`` (and stderr); progress bars and warnings go to the same file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    logging.captureWarnings(True)
+
+
+def run_guarded(func: Callable[[], object], *, log_path: str | Path | None = None) -> None:
+    """Run ``func``; on :class:`CellerError` log and print one line and exit 1."""
+    setup_logging(log_path)
+    stderr_file = open(log_path, "a") if log_path else None  # noqa: SIM115 (closed at exit)
+    try:
+        with contextlib.redirect_stderr(stderr_file) if stderr_file else contextlib.nullcontext():
+            func()
+    except CellerError as e:
+        logging.getLogger("celler").error("%s", e)
+        print(f"celler: error: {e}", file=sys.__stderr__)
+        sys.exit(1)
+    finally:
+        if stderr_file:
+            stderr_file.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="celler", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tokenize", help="QC, map genes and tokenise one .h5ad file into a token store")
+    p.add_argument("h5ad")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--vocab", default=None, help="vocabulary JSON (default: the bundled scGPT vocabulary)")
+    p.add_argument("--batch", default=None, help="obs column with the batch")
+    p.add_argument("--matrix", default="X")
+    p.add_argument("--n-bins", type=int, default=51)
+    p.add_argument("--binning", default="per_batch", choices=["per_batch", "per_cell"])
+    p.add_argument("--vocab-mode", default="match", choices=["match", "extend"])
+    args = parser.parse_args(argv)
+    if args.command == "tokenize":
+        run_guarded(lambda: _tokenize(args))
+
+
+def _tokenize(args) -> None:
+    from celler.config import dataset_spec
+    from celler.resources import default_vocab_path
+    from celler.stages import map_stage, qc_stage, tokenize_stage
+
+    out = Path(args.out)
+    spec = dataset_spec(Path(args.h5ad).stem, {"inputs": [args.h5ad], "batch": args.batch, "matrix": args.matrix,
+                                               "vocab_mode": args.vocab_mode})
+    qc_stage(spec, cells_out=out / "qc_cells.tsv.gz", genes_out=out / "qc_genes.tsv.gz",
+             summary_out=out / "qc_summary.tsv", plot_out=out / "qc.png")
+    map_stage(spec, genes_path=out / "qc_genes.tsv.gz", vocab_path=args.vocab or default_vocab_path(),
+              mapping_out=out / "mapping.tsv.gz", report_out=out / "vocab_report.tsv", vocab_out=out / "vocab.json")
+    tokenize_stage(spec, cells_path=out / "qc_cells.tsv.gz", genes_path=out / "qc_genes.tsv.gz",
+                   mapping_path=out / "mapping.tsv.gz", vocab_path=out / "vocab.json", out=out / "tokens",
+                   n_bins=args.n_bins, scheme=args.binning, normalize=True)
+
+
+if __name__ == "__main__":
+    main()

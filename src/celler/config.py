@@ -1,0 +1,78 @@
+"""A typed view of one dataset block of ``config.yaml`` (validation itself is the JSON schema's job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    split: str | None = None  # 'train' / 'test' when the split is by file (cross-study)
+
+
+@dataclass(frozen=True)
+class QCParams:
+    min_genes: int = 0
+    min_counts: float = 0
+    max_pct_mito: float = 100.0
+    min_cells: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the data stages need to know about one dataset (a labelled tissue or a corpus)."""
+
+    name: str
+    inputs: tuple[InputFile, ...]
+    matrix: str = "X"
+    label: str | None = None
+    parent_label: str | None = None
+    batch: str | None = None
+    split: dict[str, Any] = field(default_factory=lambda: {"by": "none"})
+    drop_labels: tuple[str, ...] = ()
+    genes: str = "intersect"
+    gene_symbols: str | None = None
+    vocab_mode: str = "match"
+    min_overlap: float = 0.3
+    qc: QCParams = QCParams()
+
+    @property
+    def labelled(self) -> bool:
+        return self.label is not None
+
+
+def dataset_spec(name: str, block: dict[str, Any], defaults: dict[str, Any] | None = None) -> DatasetSpec:
+    """Build a :class:`DatasetSpec` from a config block, filling unset keys from ``defaults``."""
+    d = {**(defaults or {}), **block}
+    qc = QCParams(**{**(defaults or {}).get("qc", {}), **block.get("qc", {})})
+    inputs = tuple(
+        InputFile(Path(i["path"]), i.get("split")) if isinstance(i, dict) else InputFile(Path(i))
+        for i in d["inputs"]
+    )
+    return DatasetSpec(
+        name=name,
+        inputs=inputs,
+        matrix=d.get("matrix", "X"),
+        label=d.get("label"),
+        parent_label=d.get("parent_label"),
+        batch=d.get("batch"),
+        split=d.get("split", {"by": "none"}),
+        drop_labels=tuple(d.get("drop_labels", ())),
+        genes=d.get("genes", "intersect"),
+        gene_symbols=d.get("gene_symbols"),
+        vocab_mode=d.get("vocab_mode", "match"),
+        min_overlap=float(d.get("min_overlap", 0.3)),
+        qc=qc,
+    )
+
+
+def all_datasets(config: dict[str, Any]) -> dict[str, DatasetSpec]:
+    """Every dataset of the config: labelled tissues and unlabelled pretraining corpora, by name."""
+    defaults = config.get("defaults", {})
+    out = {name: dataset_spec(name, b, defaults) for name, b in config.get("tissues", {}).items()}
+    for name, b in config.get("corpus", {}).items():
+        out[name] = dataset_spec(name, {**b, "label": None, "parent_label": None}, defaults)
+    return out

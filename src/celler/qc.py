@@ -1,0 +1,188 @@
+"""Quality control, streamed in row chunks: per-cell metrics, filters, and the reasons cells were removed.
+
+QC never rewrites the expression matrix: it writes a cell table (kept or the reason for removal, metrics,
+label, batch, split) and a gene table; tokenisation then reads the input with those masks applied. That
+keeps memory bounded by the chunk size at any atlas size.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from celler.config import DatasetSpec
+from celler.errors import CellerError
+from celler.io import MatrixReader
+from celler.splits import assign_split
+
+log = logging.getLogger(__name__)
+
+REASONS = ("dropped label", "missing label", "min_genes", "min_counts", "max_pct_mito")
+
+
+def detect_kind(data: np.ndarray) -> str:
+    """'counts' when the sampled non-zero values are all integers, else 'log' (log-normalised)."""
+    sample = data[: 200_000]
+    if sample.size == 0:
+        return "counts"
+    return "counts" if np.all(np.mod(sample, 1) == 0) else "log"
+
+
+def _input_genes(readers: list[MatrixReader], how: str) -> pd.Index:
+    genes = [r.var.index.astype(str) for r in readers]
+    out = genes[0]
+    for g in genes[1:]:
+        out = out.intersection(g, sort=False) if how == "intersect" else out.union(g, sort=False)
+    return out
+
+
+def run_qc(spec: DatasetSpec, *, chunk_size: int = 20_000) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Compute QC for every input of ``spec``.
+
+    Returns ``(cells, genes, summary)``: ``cells`` is indexed by cell name with columns ``input``, ``kind``
+    ('counts'/'log'), ``n_genes``, ``total``, ``pct_mito``, ``label``, ``parent``, ``batch``, ``split``,
+    ``kept`` and ``reason``; ``genes`` is indexed by gene with ``n_cells`` (over kept cells) and ``kept``;
+    ``summary`` counts the cells removed per reason.
+    """
+    readers = [MatrixReader(f.path, spec.matrix) for f in spec.inputs]
+    try:
+        genes = _input_genes(readers, spec.genes)
+        if len(genes) == 0:
+            msg = f"{spec.name}: the input files share no gene names; check the inputs or set genes: union"
+            raise CellerError(msg)
+        tables = [_cell_metrics(r, f, spec, chunk_size) for r, f in zip(readers, spec.inputs, strict=True)]
+        cells = pd.concat(tables)
+        if not cells.index.is_unique:
+            dup = cells.index[cells.index.duplicated()][0]
+            msg = f"{spec.name}: cell name {dup!r} occurs in more than one input file; make names unique"
+            raise CellerError(msg)
+        _apply_filters(cells, spec)
+        if not cells["kept"].any():
+            worst = cells["reason"].value_counts().idxmax()
+            msg = (f"{spec.name}: no cells left after QC (most removed by {worst!r}); "
+                   "relax the qc thresholds or check drop_labels")
+            raise CellerError(msg)
+        n_cells = pd.Series(0, index=genes, dtype=np.int64)
+        for r in readers:
+            n_cells += _gene_counts(r, genes, cells["kept"], chunk_size)
+    finally:
+        for r in readers:
+            r.close()
+    gene_table = pd.DataFrame({"n_cells": n_cells, "kept": n_cells >= max(spec.qc.min_cells, 1)})
+    gene_table.index.name = "gene"
+    kept = cells[cells["kept"]]
+    cells["split"] = "excluded"
+    cells.loc[kept.index, "split"] = assign_split(kept, spec.split, source=spec.name)
+    summary = qc_summary(cells, gene_table)
+    return cells, gene_table, summary
+
+
+def _cell_metrics(reader: MatrixReader, infile, spec: DatasetSpec, chunk_size: int) -> pd.DataFrame:
+    obs = reader.obs
+    columns = {"label": spec.label, "parent_label": spec.parent_label, "batch": spec.batch}
+    for key, col in columns.items():
+        if col and col not in obs.columns:
+            have = ", ".join(map(str, obs.columns)) or "none"
+            msg = f"{reader.path}: obs column {col!r} (config key {key!r}) not found; available: {have}"
+            raise CellerError(msg)
+    if spec.split.get("by") == "column" and spec.split["column"] not in obs.columns:
+        msg = f"{reader.path}: split column {spec.split['column']!r} not found in obs"
+        raise CellerError(msg)
+    mito = reader.var.index.astype(str).str.upper().str.startswith("MT-")
+    n_genes = np.zeros(reader.n_cells, np.int64)
+    total = np.zeros(reader.n_cells, np.float64)
+    mito_total = np.zeros(reader.n_cells, np.float64)
+    kind = None
+    for start, x in reader.chunks(chunk_size):
+        kind = kind or (detect_kind(x.data) if x.nnz else None)
+        stop = start + x.shape[0]
+        n_genes[start:stop] = np.diff(x.indptr)
+        total[start:stop] = np.asarray(x.sum(axis=1)).ravel()
+        mito_total[start:stop] = np.asarray(x[:, mito].sum(axis=1)).ravel() if mito.any() else 0.0
+    kind = kind or "counts"
+    log.info("%s: values look like %s", reader.path, "raw counts" if kind == "counts" else "log-normalised data")
+    df = pd.DataFrame(index=obs.index.astype(str))
+    df.index.name = "cell"
+    df["input"] = str(reader.path)
+    df["kind"] = kind
+    df["n_genes"] = n_genes
+    df["total"] = total
+    df["pct_mito"] = np.divide(100 * mito_total, total, out=np.zeros_like(total), where=total > 0)
+    df["label"] = obs[spec.label].astype(object).to_numpy() if spec.label else None
+    df["parent"] = obs[spec.parent_label].astype(object).to_numpy() if spec.parent_label else None
+    df["batch"] = obs[spec.batch].astype(str).to_numpy() if spec.batch else spec.name
+    df["input_split"] = infile.split
+    if spec.split.get("by") == "column":
+        df[spec.split["column"]] = obs[spec.split["column"]].astype(str).to_numpy()
+    return df
+
+
+def _apply_filters(cells: pd.DataFrame, spec: DatasetSpec) -> None:
+    """Set ``reason`` to the first failed filter (in the order of ``REASONS``) and ``kept``."""
+    q = spec.qc
+    counts = cells["kind"] == "counts"  # count thresholds mean nothing on log values
+    checks = [
+        ("dropped label", cells["label"].astype(str).isin(spec.drop_labels) if spec.labelled else None),
+        ("missing label", cells["label"].isna() | (cells["label"].astype(str) == "nan") if spec.labelled else None),
+        ("min_genes", cells["n_genes"] < q.min_genes),
+        ("min_counts", counts & (cells["total"] < q.min_counts)),
+        ("max_pct_mito", counts & (cells["pct_mito"] > q.max_pct_mito)),
+    ]
+    reason = pd.Series("", index=cells.index, dtype=object)
+    for name, fail in checks:
+        if fail is not None:
+            reason[(reason == "") & fail.to_numpy()] = name
+    cells["reason"] = reason
+    cells["kept"] = reason == ""
+
+
+def _gene_counts(reader: MatrixReader, genes: pd.Index, kept: pd.Series, chunk_size: int) -> pd.Series:
+    cols = reader.var.index.astype(str).get_indexer(genes)
+    keep_rows = kept.reindex(reader.obs.index.astype(str)).to_numpy()
+    n = np.zeros(len(genes), np.int64)
+    present = cols >= 0
+    for start, x in reader.chunks(chunk_size):
+        sub = x[keep_rows[start:start + x.shape[0]]][:, cols[present]]
+        n[present] += np.diff(sub.tocsc().indptr)
+    return pd.Series(n, index=genes)
+
+
+def qc_summary(cells: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFrame:
+    """One row per step: cells (or genes) removed and left."""
+    rows = [{"step": "input cells", "removed": 0, "left": len(cells)}]
+    left = len(cells)
+    for r in REASONS:
+        n = int((cells["reason"] == r).sum())
+        left -= n
+        rows.append({"step": f"cells: {r}", "removed": n, "left": left})
+    rows.append({"step": "genes: min_cells", "removed": int((~genes["kept"]).sum()), "left": int(genes["kept"].sum())})
+    for s in ("train", "test"):
+        rows.append({"step": f"split: {s}", "removed": 0, "left": int((cells["split"] == s).sum())})
+    return pd.DataFrame(rows)
+
+
+def plot_qc(cells: pd.DataFrame, spec: DatasetSpec, path) -> None:
+    """Histograms of genes per cell, total per cell and mitochondrial %, thresholds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("n_genes", spec.qc.min_genes, "genes per cell"), ("total", spec.qc.min_counts, "total per cell"),
+              ("pct_mito", spec.qc.max_pct_mito, "mitochondrial %")]
+    for ax, (col, thr, title) in zip(axes, panels, strict=True):
+        for kept, colour, lab in ((True, "#0072B2", "kept"), (False, "#D55E00", "removed")):
+            v = cells.loc[cells["kept"] == kept, col]
+            if len(v):
+                ax.hist(v, bins=50, color=colour, alpha=0.7, label=f"{lab} ({len(v)})")
+        if thr and col != "pct_mito" or (col == "pct_mito" and thr < 100):
+            ax.axvline(thr, color="k", ls="--", lw=1)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{spec.name}: QC ({cells['kind'].iloc[0]} input)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

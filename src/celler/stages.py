@@ -1,0 +1,103 @@
+"""The data stages as file-to-file functions: what each Snakemake script (and the CLI) calls.
+
+Each stage reads its inputs, runs the package logic, and writes every output atomically, so a failure
+leaves no partial files and the inputs are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from celler.config import DatasetSpec
+from celler.io import MatrixReader, atomic_path
+from celler.qc import plot_qc, run_qc
+from celler.vocab import GeneMapping, Vocab, load_ensembl_table, map_genes
+
+log = logging.getLogger(__name__)
+
+
+def qc_stage(spec: DatasetSpec, *, cells_out, genes_out, summary_out, plot_out, chunk_size: int = 20_000) -> None:
+    """QC tables (cells with kept/reason/split, genes with n_cells), a summary and a plot."""
+    cells, genes, summary = run_qc(spec, chunk_size=chunk_size)
+    kinds = cells.groupby("input")["kind"].first()
+    for path, kind in kinds.items():
+        log.info("%s: %s", path, "raw counts -> normalise_total(1e4) + log1p where needed" if kind == "counts"
+                 else "already log-normalised -> used as is")
+    log.info("QC summary for %s:\n%s", spec.name, summary.to_string(index=False))
+    for out, frame, index in ((cells_out, cells, True), (genes_out, genes, True), (summary_out, summary, False)):
+        with atomic_path(out) as tmp:
+            frame.to_csv(tmp, sep="\t", index=index)
+    with atomic_path(plot_out) as tmp:
+        plot_qc(cells, spec, tmp)
+
+
+def read_qc(cells_path, genes_path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cells = pd.read_csv(cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str})
+    genes = pd.read_csv(genes_path, sep="\t", index_col=0)
+    genes.index = genes.index.astype(str)
+    return cells, genes
+
+
+def dataset_var(spec: DatasetSpec, genes: pd.Index) -> pd.DataFrame:
+    """The ``var`` rows of the QC genes, taken from the first input file that has each gene."""
+    parts = []
+    for f in spec.inputs:
+        with MatrixReader(f.path, spec.matrix) as r:
+            v = r.var.copy()
+            v.index = v.index.astype(str)
+            parts.append(v)
+    var = pd.concat(parts)
+    var = var[~var.index.duplicated()]
+    return var.reindex(genes)
+
+
+def map_stage(
+    spec: DatasetSpec, *, genes_path, vocab_path, ensembl_path=None, mapping_out, report_out, vocab_out
+) -> GeneMapping:
+    """Map the dataset's genes to the vocabulary; write the mapping, a report and the run's vocabulary."""
+    genes = pd.read_csv(genes_path, sep="\t", index_col=0)
+    genes.index = genes.index.astype(str)
+    var = dataset_var(spec, genes.index)
+    mapping = map_genes(
+        var, Vocab.load(vocab_path), mode=spec.vocab_mode, symbol_column=spec.gene_symbols,
+        ensembl_to_symbol=load_ensembl_table(ensembl_path), min_overlap=spec.min_overlap, source=spec.name,
+    )
+    report = mapping.summary()
+    unmapped = mapping.table.loc[mapping.table["source"] == "unmapped", "gene"]
+    log.info("%s: %d of %d genes mapped\n%s", spec.name, mapping.n_mapped, len(mapping.table), report.to_string(index=False))
+    with atomic_path(mapping_out) as tmp:
+        mapping.table.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(report_out) as tmp:
+        with open(tmp, "w") as fh:
+            report.to_csv(fh, sep="\t", index=False)
+            fh.write(f"# unmapped genes ({len(unmapped)}): {', '.join(unmapped)}\n")
+    with atomic_path(vocab_out) as tmp:
+        mapping.vocab.save(tmp)
+    return mapping
+
+
+def read_mapping(mapping_path, vocab_path) -> GeneMapping:
+    table = pd.read_csv(mapping_path, sep="\t", dtype={"gene": str, "symbol": str, "token": str}, keep_default_na=False)
+    return GeneMapping(table=table, vocab=Vocab.load(vocab_path))
+
+
+def tokenize_stage(spec: DatasetSpec, *, cells_path, genes_path, mapping_path, vocab_path, out,
+                   n_bins: int, scheme: str, normalize: bool, chunk_size: int = 20_000) -> Path:
+    from celler.tokens import tokenize
+
+    cells, genes = read_qc(cells_path, genes_path)
+    mapping = read_mapping(mapping_path, vocab_path)
+    return tokenize(spec, cells, genes, mapping, out, n_bins=n_bins, scheme=scheme, normalize=normalize,
+                    chunk_size=chunk_size)
+
+
+def expression_stage(spec: DatasetSpec, *, cells_path, genes_path, mapping_path, vocab_path, out) -> None:
+    from celler.prepare import export_expression
+
+    cells, genes = read_qc(cells_path, genes_path)
+    adata = export_expression(spec, cells, genes, read_mapping(mapping_path, vocab_path))
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")

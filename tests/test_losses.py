@@ -1,0 +1,245 @@
+"""Properties of the long-tail losses (GInf, HDM, balanced softmax, focal), checked against hand formulas."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from celler.losses import (
+    LOSS_NAMES,
+    BalancedSoftmax,
+    FocalLoss,
+    GInf,
+    GInfHDM,
+    HardDifficultyMining,
+    build_loss,
+)
+
+COUNTS = [500, 120, 40, 9, 3]  # unequal N_j, head first
+C = len(COUNTS)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, C, generator=g) * 2
+    targets = torch.randint(0, C, (16,), generator=g)
+    return logits, targets
+
+
+def weighted_nll(logits, targets, counts, tau=1.0):
+    """−log p_y with p_j = N_j^τ exp(z_j) / Σ_l N_l^τ exp(z_l), written out without log-sum-exp tricks."""
+    n = torch.tensor(counts, dtype=torch.float64) ** tau
+    w = n * torch.exp(logits.double())
+    return (-torch.log(w[torch.arange(len(targets)), targets] / w.sum(1))).mean()
+
+
+def test_ginf_equals_ce_when_counts_equal(batch):
+    logits, targets = batch
+    ce = F.cross_entropy(logits, targets)
+    for form in ("paper", "released", "gcl"):
+        no_noise = GInf([50] * C, form=form, sigma=0.0)
+        assert torch.allclose(no_noise(logits, targets), ce, atol=1e-6)
+        # equal N_j means Δδ = 0 everywhere, so even σ > 0 adds no noise
+        noisy = GInf([50] * C, form=form, sigma=2.0, tau=0.5)
+        assert torch.allclose(noisy(logits, targets), ce, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_balanced_softmax_matches_hand_formula(batch, tau):
+    logits, targets = batch
+    got = BalancedSoftmax(COUNTS, tau=tau)(logits, targets)
+    assert torch.allclose(got.double(), weighted_nll(logits, targets, COUNTS, tau), atol=1e-5)
+    assert not torch.allclose(got, F.cross_entropy(logits, targets), atol=1e-3)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_paper_form_without_noise_is_balanced_softmax(batch, tau):
+    logits, targets = batch
+    ginf = GInf(COUNTS, form="paper", sigma=0.0, tau=tau).train()
+    assert torch.equal(ginf(logits, targets), BalancedSoftmax(COUNTS, tau=tau)(logits, targets))
+
+
+def test_gcl_form_without_noise_is_balanced_softmax(batch):
+    logits, targets = batch
+    gcl = GInf(COUNTS, form="gcl", sigma=0.0).train()
+    assert torch.equal(gcl(logits, targets), BalancedSoftmax(COUNTS)(logits, targets))
+
+
+def test_released_form_without_noise_is_ce(batch):
+    logits, targets = batch
+    released = GInf(COUNTS, form="released", sigma=0.0).train()
+    assert torch.allclose(released(logits, targets), F.cross_entropy(logits, targets), atol=1e-6)
+
+
+def test_paper_noise_is_delta_times_epsilon():
+    # μ shifts every ε: with σ = 0, z_inf = z + Δδ·μ exactly, Δδ_j = log N_max − log N_j
+    z = torch.zeros(2, C)
+    ginf = GInf(COUNTS, sigma=0.0, mu=0.7).train()
+    delta = torch.log(torch.tensor(500.0)) - torch.log(torch.tensor(COUNTS, dtype=torch.float32))
+    assert torch.allclose(ginf.noisy_logits(z), (delta * 0.7).expand(2, C))
+
+
+@pytest.mark.parametrize("form", ["paper", "released", "gcl"])
+def test_head_class_gets_no_noise(form):
+    z = torch.randn(64, C)
+    ginf = GInf(COUNTS, form=form, sigma=1.0, generator=torch.Generator().manual_seed(1)).train()
+    z_inf = ginf.noisy_logits(z)
+    assert ginf.delta[0] == 0
+    assert torch.equal(z_inf[:, 0], z[:, 0])  # head: Δδ = 0
+    assert (z_inf[:, 1:] != z[:, 1:]).all()  # every other class is perturbed
+
+
+def test_gcl_cloud_lowers_logits_within_its_scale():
+    z = torch.zeros(4000, C)
+    ginf = GInf(COUNTS, form="gcl", sigma=1.0, generator=torch.Generator().manual_seed(2)).train()
+    drop = z - ginf.noisy_logits(z)
+    scale = ginf.delta / ginf.delta.max()
+    assert (drop >= 0).all()
+    assert (drop <= scale + 1e-6).all()
+    assert torch.allclose(drop.max(0).values, scale, atol=1e-6)  # |ε| clipped at 1 is reached
+    assert drop[:, -1].mean() > drop[:, 1].mean()  # the rarest class gets the widest cloud
+
+
+def test_no_noise_in_eval_mode(batch):
+    logits, targets = batch
+    for form in ("paper", "released", "gcl"):
+        ginf = GInf(COUNTS, form=form, sigma=1.0)
+        train_a, train_b = ginf(logits, targets), ginf(logits, targets)
+        assert not torch.equal(train_a, train_b)
+        ginf.eval()
+        eval_a, eval_b = ginf(logits, targets), ginf(logits, targets)
+        assert torch.equal(eval_a, eval_b)
+        assert torch.equal(ginf.noisy_logits(logits), logits)
+    paper = GInf(COUNTS, sigma=1.0, mu=0.5).eval()  # eval ignores μ too: it is balanced softmax
+    assert torch.equal(paper(logits, targets), BalancedSoftmax(COUNTS)(logits, targets))
+
+
+def test_same_seed_same_loss(batch):
+    logits, targets = batch
+
+    def run(seed):
+        loss = build_loss("ginf+hdm", COUNTS, generator=torch.Generator().manual_seed(seed), sigma=1.0)
+        return [loss(logits, targets) for _ in range(3)]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(3), run(3), strict=True))
+    assert not torch.equal(run(3)[0], run(4)[0])
+    torch.manual_seed(5)  # the global RNG when no generator is given
+    a = GInf(COUNTS, sigma=1.0)(logits, targets)
+    torch.manual_seed(5)
+    assert torch.equal(a, GInf(COUNTS, sigma=1.0)(logits, targets))
+
+
+def test_hdm_with_all_classes_is_full_weighted_softmax(batch):
+    logits, targets = batch
+    for n in (C - 1, C, 20):
+        hdm = HardDifficultyMining(COUNTS, n=n)(logits, targets)
+        assert torch.allclose(hdm.double(), weighted_nll(logits, targets, COUNTS), atol=1e-5)
+
+
+def test_hdm_small_n_keeps_true_class_and_hardest_wrong_ones():
+    logits = torch.tensor([[0.0, 3.0, -1.0, 2.0, 0.5]])
+    target = torch.tensor([2])
+    counts = [1, 1, 1, 1, 1]  # no prior, so "hardest" is simply the largest logit
+    got = HardDifficultyMining(counts, n=2)(logits, target)
+    expected = -math.log(math.exp(-1) / (math.exp(-1) + math.exp(3) + math.exp(2)))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert got.item() != pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-3)
+
+
+def test_hdm_ignores_dropped_classes(batch):
+    logits, targets = batch
+    hdm = HardDifficultyMining(COUNTS, n=1)
+    base = hdm(logits, targets)
+    adjusted = logits + torch.log(torch.tensor(COUNTS, dtype=torch.float32))
+    changed = logits.clone()
+    for i, y in enumerate(targets.tolist()):
+        wrong = adjusted[i].clone()
+        wrong[y] = float("-inf")
+        dropped = [j for j in wrong.argsort(descending=True).tolist()[1:] if j != y]
+        changed[i, dropped] -= 3.0  # lowering a dropped class keeps it dropped
+    assert torch.allclose(hdm(changed, targets), base, atol=1e-6)
+    assert not torch.allclose(BalancedSoftmax(COUNTS)(changed, targets), BalancedSoftmax(COUNTS)(logits, targets))
+    assert not torch.allclose(base, BalancedSoftmax(COUNTS)(logits, targets), atol=1e-4)
+
+
+def test_ginf_hdm_total_uses_the_same_noisy_logits(batch):
+    logits, targets = batch
+    # σ = 0: GInf is balanced softmax, HDM the subset softmax on the same adjusted logits
+    total = GInfHDM(COUNTS, sigma=0.0, hdm_n=2, hdm_lambda=0.5)(logits, targets)
+    expected = BalancedSoftmax(COUNTS)(logits, targets) + 0.5 * HardDifficultyMining(COUNTS, n=2)(logits, targets)
+    assert torch.allclose(total, expected, atol=1e-6)
+    # with noise and λ = 0 the total is GInf with the same draw
+    seeded = {"sigma": 1.0, "generator": torch.Generator().manual_seed(7)}
+    only_ginf = GInfHDM(COUNTS, hdm_lambda=0.0, **seeded)(logits, targets)
+    seeded["generator"] = torch.Generator().manual_seed(7)
+    assert torch.equal(only_ginf, GInf(COUNTS, **seeded)(logits, targets))
+    # and with n >= C − 1 HDM repeats the GInf term exactly, noise included: total = 2·GInf
+    g1, g2 = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    doubled = GInfHDM(COUNTS, sigma=1.0, hdm_n=C, generator=g1)(logits, targets)
+    assert torch.allclose(doubled, 2 * GInf(COUNTS, sigma=1.0, generator=g2)(logits, targets), atol=1e-5)
+
+
+def test_focal_gamma_zero_is_ce_and_gamma_downweights_easy_cells(batch):
+    logits, targets = batch
+    ce = F.cross_entropy(logits, targets)
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, targets), ce, atol=1e-6)
+    p_t = F.softmax(logits, 1)[torch.arange(len(targets)), targets]
+    hand = (-(1 - p_t) ** 2 * torch.log(p_t)).mean()
+    assert torch.allclose(FocalLoss(gamma=2.0)(logits, targets), hand, atol=1e-6)
+    weights = torch.tensor([0.1, 1.0, 2.0, 3.0, 4.0])
+    hand_w = (-weights[targets] * torch.log(p_t)).mean()
+    assert torch.allclose(FocalLoss(gamma=0.0, alpha=weights.tolist())(logits, targets), hand_w, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_gradients_flow(name, batch):
+    logits, targets = batch
+    logits = logits.clone().requires_grad_(True)
+    loss = build_loss(name, COUNTS, sigma=0.5) if name.startswith("ginf") else build_loss(name, COUNTS)
+    out = loss(logits, targets)
+    out.backward()
+    assert out.ndim == 0
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_bf16_logits_give_a_float32_loss(batch):
+    logits, targets = batch
+    out = build_loss("ginf+hdm", COUNTS)(logits.bfloat16(), targets)
+    assert out.dtype == torch.float32
+
+
+def test_build_loss_passes_config_and_rejects_unknowns():
+    loss = build_loss("ginf", COUNTS, form="gcl", mu=0.1, sigma=0.2, tau=0.5)
+    assert (loss.form, loss.mu, loss.sigma, loss.tau) == ("gcl", 0.1, 0.2, 0.5)
+    both = build_loss("ginf+hdm", COUNTS, hdm_n=3, hdm_lambda=0.25, sigma=None)
+    assert (both.hdm_n, both.hdm_lambda, both.sigma) == (3, 0.25, 1 / 3)  # None means the default
+    with pytest.raises(ValueError, match="allowed: ce, focal"):
+        build_loss("ldam", COUNTS)
+    with pytest.raises(ValueError, match="allowed: \\['alpha', 'gamma'\\]"):
+        build_loss("focal", COUNTS, sigma=1.0)
+    with pytest.raises(ValueError, match="'paper', 'released', 'gcl'"):
+        build_loss("ginf", COUNTS, form="clouds")
+    with pytest.raises(ValueError, match="sigma"):
+        build_loss("ginf", COUNTS, sigma=-1.0)
+    with pytest.raises(ValueError, match="hdm_n"):
+        build_loss("ginf+hdm", COUNTS, hdm_n=0)
+    with pytest.raises(ValueError, match="class_counts"):
+        build_loss("ce", [5])
+    with pytest.raises(ValueError, match="class_counts"):
+        build_loss("balanced_softmax", [5, -1, 3])
+    with pytest.raises(ValueError, match="4 classes but `class_counts` has 3"):
+        build_loss("balanced_softmax", [5, 2, 1])(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_zero_count_class_counts_as_one(batch):
+    logits, targets = batch
+    with pytest.warns(UserWarning, match=r"classes \[4\] have no training cells"):
+        zero = BalancedSoftmax([500, 120, 40, 9, 0])
+    assert torch.equal(zero(logits, targets), BalancedSoftmax([500, 120, 40, 9, 1])(logits, targets))
+    with pytest.warns(UserWarning):
+        ginf = GInf([500, 120, 40, 9, 0], sigma=1.0).train()
+    assert torch.isfinite(ginf(logits, targets))
+    assert ginf.delta[-1] == pytest.approx(math.log(500))

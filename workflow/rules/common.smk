@@ -1,0 +1,24 @@
+# Shared helpers: config validation, the dataset table, and the final targets.
+from snakemake.utils import validate
+
+from celler.config import all_datasets
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATASETS = all_datasets(config)
+TISSUES = list(config["tissues"])
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    tissue="|".join(TISSUES),
+
+
+def dataset_inputs(wildcards):
+    return [str(f.path) for f in DATASETS[wildcards.dataset].inputs]
+
+
+def get_final_output():
+    out = expand("results/{dataset}/tokens", dataset=DATASETS)
+    out += expand("results/{tissue}/expr.h5ad", tissue=TISSUES)
+    return out

@@ -1,0 +1,96 @@
+# Data stages: QC -> gene-vocabulary mapping -> per-batch binning into a token store.
+
+
+rule qc:
+    input:
+        dataset_inputs,
+    output:
+        cells="results/{dataset}/qc/cells.tsv.gz",
+        genes="results/{dataset}/qc/genes.tsv.gz",
+        summary=report(
+            "results/{dataset}/qc/summary.tsv",
+            caption="../report/qc_summary.rst",
+            category="1. Data",
+            subcategory="{dataset}",
+        ),
+        plot=report(
+            "results/{dataset}/qc/qc.png",
+            caption="../report/qc_plot.rst",
+            category="1. Data",
+            subcategory="{dataset}",
+        ),
+    params:
+        chunk_size=config["tokenize"].get("chunk_size", 20000),
+    log:
+        "logs/qc/{dataset}.log",
+    benchmark:
+        "results/benchmarks/qc/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/qc.py"
+
+
+rule map_genes:
+    input:
+        genes="results/{dataset}/qc/genes.tsv.gz",
+        vocab=config["vocab"],
+        ensembl=config.get("ensembl_to_symbol", []),
+    output:
+        mapping="results/{dataset}/vocab/mapping.tsv.gz",
+        report=report(
+            "results/{dataset}/vocab/report.tsv",
+            caption="../report/vocab_report.rst",
+            category="1. Data",
+            subcategory="{dataset}",
+        ),
+        vocab="results/{dataset}/vocab/vocab.json",
+    log:
+        "logs/map_genes/{dataset}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/map_genes.py"
+
+
+rule tokenize:
+    input:
+        cells="results/{dataset}/qc/cells.tsv.gz",
+        genes="results/{dataset}/qc/genes.tsv.gz",
+        mapping="results/{dataset}/vocab/mapping.tsv.gz",
+        vocab="results/{dataset}/vocab/vocab.json",
+    output:
+        directory("results/{dataset}/tokens"),
+    params:
+        n_bins=config["tokenize"]["n_bins"],
+        binning=config["tokenize"]["binning"],
+        normalize=config["tokenize"].get("normalize", True),
+        chunk_size=config["tokenize"].get("chunk_size", 20000),
+    log:
+        "logs/tokenize/{dataset}.log",
+    benchmark:
+        "results/benchmarks/tokenize/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/tokenize.py"
+
+
+rule expression:
+    input:
+        cells="results/{tissue}/qc/cells.tsv.gz",
+        genes="results/{tissue}/qc/genes.tsv.gz",
+        mapping="results/{tissue}/vocab/mapping.tsv.gz",
+        vocab="results/{tissue}/vocab/vocab.json",
+    output:
+        "results/{tissue}/expr.h5ad",
+    log:
+        "logs/expression/{tissue}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/expression.py"
