@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# `--configfile X` replaces config.yaml instead of being merged over it, so a test or site config is
+# complete in itself (use `--config key=value` to override single keys).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -12,7 +12,8 @@ CBMC = [3086, 2481, 976, 348, 282, 219, 143, 93, 81, 80, 50]
 
 def make_labels(sizes, shuffle_seed=None):
     names = [f"type{i:02d}" for i in range(len(sizes))]
-    labels = pd.Series(np.repeat(names, sizes), index=[f"cell{i}" for i in range(sum(sizes))], name="cell_type")
+    cells = [f"cell{i}" for i in range(sum(sizes))]
+    labels = pd.Series(np.repeat(names, sizes), index=cells, name="cell_type")
     if shuffle_seed is not None:
         labels = labels.sample(frac=1, random_state=shuffle_seed)
     return labels
@@ -77,7 +78,7 @@ def test_ratio_one_gives_equal_classes(cbmc):
 
 
 def test_tiny_class_keeps_one_cell():
-    labels = make_labels([100, 2, 1])  # the middle class caps the head at 2·√100 = 20, the tail's curve is 0.2
+    labels = make_labels([100, 2, 1])  # the middle class caps the head at 2·√100 = 20; the tail's curve: 0.2
     _, table, realised = induce_long_tail(labels, 100, seed=0)
     assert table["n_target"].tolist() == [20, 2, 0]
     assert table["n_kept"].tolist() == [20, 2, 1]

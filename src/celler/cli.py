@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("h5ad")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--vocab", default=None, help="vocabulary JSON (default: the bundled scGPT vocabulary)")
+    p.add_argument("--label", default=None, help="obs column with the cell-type label")
     p.add_argument("--batch", default=None, help="obs column with the batch")
+    p.add_argument("--min-genes", type=int, default=200, help="QC: minimum detected genes per cell")
     p.add_argument("--matrix", default="X")
     p.add_argument("--n-bins", type=int, default=51)
     p.add_argument("--binning", default="per_batch", choices=["per_batch", "per_cell"])
@@ -61,12 +63,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def _tokenize(args) -> None:
     from celler.config import dataset_spec
+    from celler.io import atomic_path
+
+    spec = dataset_spec(Path(args.h5ad).stem, {
+        "inputs": [args.h5ad], "label": args.label, "batch": args.batch, "matrix": args.matrix,
+        "vocab_mode": args.vocab_mode, "qc": {"min_genes": args.min_genes, "min_cells": 1}})
+    with atomic_path(args.out) as out:  # all or nothing: a failed step leaves no output directory
+        _tokenize_into(spec, out, args)
+
+
+def _tokenize_into(spec, out: Path, args) -> None:
     from celler.resources import default_vocab_path
     from celler.stages import map_stage, qc_stage, tokenize_stage
 
-    out = Path(args.out)
-    spec = dataset_spec(Path(args.h5ad).stem, {"inputs": [args.h5ad], "batch": args.batch, "matrix": args.matrix,
-                                               "vocab_mode": args.vocab_mode})
     qc_stage(spec, cells_out=out / "qc_cells.tsv.gz", genes_out=out / "qc_genes.tsv.gz",
              summary_out=out / "qc_summary.tsv", plot_out=out / "qc.png")
     map_stage(spec, genes_path=out / "qc_genes.tsv.gz", vocab_path=args.vocab or default_vocab_path(),

@@ -76,3 +76,20 @@ def all_datasets(config: dict[str, Any]) -> dict[str, DatasetSpec]:
     for name, b in config.get("corpus", {}).items():
         out[name] = dataset_spec(name, {**b, "label": None, "parent_label": None}, defaults)
     return out
+
+
+def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    """Validate ``config`` against the JSON schema; the error is one line naming the key path."""
+    import jsonschema
+    import yaml
+
+    from celler.errors import CellerError
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: len(e.absolute_path))
+    if errors:
+        err = max(errors[:1] + [e for e in errors if e.context], key=lambda e: len(e.absolute_path))
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        msg = f"config: {where}: {err.message}"
+        raise CellerError(msg)

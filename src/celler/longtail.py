@@ -1,8 +1,8 @@
 """Induced long tail (CIFAR-LT style): subsample training cells per class along an exact exponential profile.
 
-Classes are ranked by available training cells (k = 0 is the head, ties broken by class name) and class k keeps
-n_k = n_head · ratio^(−k/(C−1)) cells. Real sets are already long-tailed, so capping each class at what it has
-would leave e.g. ratio 10 equal to the natural data; instead the head is lowered until every class fits:
+Classes are ranked by available training cells (k = 0 is the head, ties broken by class name) and class k
+keeps n_k = n_head · ratio^(−k/(C−1)) cells. Real sets are already long-tailed, so capping each class at what
+it has would leave e.g. ratio 10 equal to the natural data; instead the head is lowered until all classes fit:
 n_head = min_k available_k · ratio^(k/(C−1)). Counts are rounded (each class keeps >= 1 cell) and the realised
 ratio (largest kept / smallest kept) is reported. Test cells never pass through here.
 """
@@ -43,7 +43,7 @@ def induce_long_tail(labels: pd.Series, ratio: float, seed: int) -> LongTail:
         msg = "no training cells to subsample: `labels` is empty"
         raise LongTailError(msg)
     if labels.isna().any():
-        msg = f"{int(labels.isna().sum())} training cells have no label; drop them before inducing a long tail"
+        msg = f"{int(labels.isna().sum())} training cells have no label; drop them before subsampling"
         raise LongTailError(msg)
     if not labels.index.is_unique:
         msg = "cell names in `labels` are not unique; make them unique (e.g. AnnData.obs_names_make_unique())"

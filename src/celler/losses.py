@@ -1,7 +1,7 @@
 """Classification losses for long-tailed cell-type labels: CE, focal, balanced softmax, GInf and HDM.
 
 Notation (Celler paper, issue 4): z = logits [B, C], y = targets [B], N_j = training cells of class j,
-Δδ_j = log N_max − log N_j (0 for the head class, largest for the rarest), ε ~ N(μ, σ²) drawn per cell and class.
+Δδ_j = log N_max − log N_j (0 for the head class, largest for the rarest), ε ~ N(μ, σ²) per cell and class.
 The "N-weighted softmax" p_j = N_j^τ·exp(z_j) / Σ_l N_l^τ·exp(z_l) is softmax(z + τ·log N), so every
 prior-weighted loss below is a cross-entropy on shifted logits (stable, and exact for the σ = 0 identities).
 
@@ -126,8 +126,8 @@ class HardDifficultyMining(nn.Module):
 
     def __init__(self, class_counts: Sequence[int], n: int = 20, tau: float = 1.0) -> None:
         super().__init__()
-        if int(n) < 1:
-            msg = f"`hdm_n` must be >= 1, got {n!r}"
+        if int(n) < 1 or not tau >= 0:
+            msg = f"HDM needs `hdm_n` >= 1 and `tau` >= 0, got {n!r} and {tau!r}"
             raise LossConfigError(msg)
         self.register_buffer("log_n", _log_counts(class_counts))
         self.n, self.tau = int(n), float(tau)
@@ -142,12 +142,12 @@ class GInf(nn.Module):
 
     Forms (``form``):
 
-    * ``"paper"``: z_inf = z + Δδ·ε; p_j ∝ N_j^τ·exp(z_inf_j); loss −log p_y. σ = 0 (μ = 0) is balanced softmax.
+    * ``"paper"``: z_inf = z + Δδ·ε; p_j ∝ N_j^τ·exp(z_inf_j); loss −log p_y. σ = μ = 0 is balanced softmax.
     * ``"released"``: the authors' released code: plain CE on z_inf, no N_j weights (τ unused).
     * ``"gcl"``: Gaussian clouded logits (Li et al., CVPR 2022): z_inf = z − (Δδ / max Δδ)·min(|ε|, 1), then
-      the same N_j^τ-weighted softmax as the paper form. The cloud is *subtracted*, as in GCL: lowering a tail
-      class's logit asks the model for a larger tail margin when it is the target and pushes it down less when it
-      is a competitor. With all N_j equal (max Δδ = 0) no noise is added.
+      the same N_j^τ-weighted softmax as the paper form. The cloud is *subtracted*, as in GCL: lowering a
+      tail class's logit asks the model for a larger tail margin when it is the target and pushes it down less
+      when it is a competitor. With all N_j equal (max Δδ = 0) no noise is added.
     """
 
     def __init__(
@@ -196,7 +196,7 @@ class GInf(nn.Module):
         return z + self.delta * eps  # z_inf = z + Δδ·ε
 
     def adjusted_logits(self, z_inf: torch.Tensor) -> torch.Tensor:
-        """The logits whose plain softmax is the loss's p: z_inf + τ·log N_j, or z_inf for the released form."""
+        """Logits whose plain softmax is the loss's p: z_inf + τ·log N_j, or z_inf for the released form."""
         return z_inf if self.form == "released" else z_inf + self.tau * self.log_n
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,8 @@ Two methods share the trained model:
 * :func:`fit_predict` - best match: each cell gets the class with the largest decision score.
 * :func:`fit_predict_majority` - best match refined by majority voting inside over-clusters of the test
   cells, as ``celltypist.annotate(..., majority_voting=True)`` does. The over-clustering is computed
-  here (HVGs when there are more than 2,500 genes, scaling, PCA, a 10-nearest-neighbour graph and Leiden at
-  CellTypist's own size-based resolution) with the component and neighbour counts capped by the data size
-  and Leiden seeded, then handed to ``annotate``; so it works offline, on small data and reproducibly.
+  here with CellTypist's recipe (see :func:`over_cluster`), capped for small data and seeded, then handed
+  to ``annotate``; so it works offline, on small data, reproducibly, and without numba compilation.
 
 Input contract: ``X`` is log1p of counts normalised to 10,000 per cell (max <= 9.22), which is what
 CellTypist expects. ``celltypist.train``'s own check (the first cell's expm1 sums to exactly 10,000) is
@@ -98,23 +97,36 @@ def fit_predict(
 
 
 def over_cluster(test: ad.AnnData, *, seed: int = 0, resolution: float | None = None) -> np.ndarray:
-    """Leiden over-clustering of log1p-normalised cells, CellTypist's recipe with sizes capped for small data."""
-    import scanpy as sc
+    """Leiden over-clustering of log1p-normalised cells, following CellTypist's recipe.
 
-    a = ad.AnnData(X=dense(test.X), obs=pd.DataFrame(index=test.obs_names.copy()), var=test.var[[]].copy())
+    HVGs (top 2,500, only when there are more genes), scaling clipped at 10, PCA-50, a symmetrised
+    10-nearest-neighbour graph and Leiden (igraph, 2 iterations) at CellTypist's size-based resolution.
+    Component and neighbour counts are capped by the data size, and the graph is built with scikit-learn
+    (unweighted kNN instead of scanpy's UMAP weights, which need a long numba compilation on first use).
+    """
+    import scanpy as sc
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import kneighbors_graph
+    from sklearn.preprocessing import StandardScaler
+
+    a = ad.AnnData(X=test.X.copy(), obs=pd.DataFrame(index=test.obs_names.copy()), var=test.var[[]].copy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if a.n_vars > 2500:
             sc.pp.filter_genes(a, min_cells=5)
             sc.pp.highly_variable_genes(a, n_top_genes=2500, subset=True)
-        sc.pp.scale(a, max_value=10)
+        x = np.clip(StandardScaler().fit_transform(dense(a.X)), -10, 10)
         n_comps = max(1, min(50, a.n_obs - 1, a.n_vars - 1))
-        sc.pp.pca(a, n_comps=n_comps, random_state=seed)
-        sc.pp.neighbors(a, n_neighbors=max(2, min(10, a.n_obs - 1)), n_pcs=n_comps, random_state=seed)
+        pcs = PCA(n_components=n_comps, random_state=seed).fit_transform(x)
+        knn = kneighbors_graph(pcs, n_neighbors=max(1, min(10, a.n_obs - 1)), include_self=False)
+        adjacency = knn.maximum(knn.T).tocsr()
         if resolution is None:  # CellTypist's size-based default
             steps = [(5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20), (200_000, 25)]
             resolution = next((r for n, r in steps if a.n_obs < n), 30)
-        sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed)
+        sc.tl.leiden(
+            a, resolution=resolution, adjacency=adjacency, flavor="igraph", n_iterations=2, random_state=seed,
+            directed=False,
+        )
     return a.obs["leiden"].astype(str).to_numpy()
 
 

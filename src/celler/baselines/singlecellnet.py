@@ -84,12 +84,14 @@ def fit_predict(
     n_top_pairs: int = 25,
     n_rand: int | None = None,
     n_trees: int = 1000,
-    class_weight: str | None = None,
+    class_weight: str | None = "balanced",
     n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Train the pair-feature random forest on ``train`` and predict ``test``.
 
-    Defaults are classic SCN's (10 genes per direction, 25 pairs per class, 1,000 trees).
+    Defaults are classic SCN's (10 genes per direction, 25 pairs per class, 1,000 trees) with its
+    ``stratify`` option on (``class_weight="balanced"``): without it the forest all but ignores classes of
+    ten-odd cells (Wang->Xin macro-F1 0.85 instead of 0.94).
     ``confidence`` is the forest's vote share of the predicted class.
     """
     train, test = align_genes(train, test)

@@ -1,0 +1,178 @@
+"""Batches of cells from a token store: dataset, masking, dynamic padding, and batch samplers.
+
+One item is a cell as the model reads it: ``<cls>`` first, then its non-zero genes, at most ``max_len``
+tokens (a longer cell gets a random subset of its genes, drawn anew each epoch). For pretraining,
+``mask_ratio`` of the gene values are hidden: each becomes the ``<mask>`` value id (``n_bins``, the extra
+row of the value embedding) and its bin becomes the target; every other position has target -100.
+``<cls>`` and ``<pad>`` are never masked and a cell with genes always has at least one masked value.
+
+All randomness of an item comes from ``numpy.random.default_rng((seed, epoch, cell index))``, so a cell
+looks the same for a given seed and epoch whatever the process, worker or rank that reads it; that is
+what makes a resumed run see exactly the data an uninterrupted one would.
+
+Batch samplers yield lists of dataset positions for one epoch, ``set_epoch(epoch, start=k)`` skipping the
+first ``k`` batches (resume). ``LengthBucketSampler`` sorts cells by length inside large random pools, cuts
+the pools into batches and shuffles the batches, so cells in a batch have similar lengths and little
+padding; ``RandomBatchSampler`` is the naive baseline. With ``world_size > 1`` each rank takes every
+``world_size``-th batch of the same epoch order (the remainder is dropped so all ranks take equal steps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from celler.errors import CellerError
+
+IGNORE_INDEX = -100  # target at positions that are not predicted (cross_entropy's default ignore_index)
+
+
+class CellDataset(Dataset):
+    """Cells ``indices`` of ``store`` (a TokenStore or ConcatStore) as model inputs; see the module docstring."""
+
+    def __init__(self, store, indices=None, *, max_len: int = 1200, mask_ratio: float = 0.15, seed: int = 0):
+        if max_len < 2:
+            msg = f"max_len must be >= 2 (<cls> plus at least one gene), got {max_len}"
+            raise CellerError(msg)
+        if not 0.0 <= mask_ratio < 1.0:
+            msg = f"mask_ratio must be in [0, 1), got {mask_ratio}"
+            raise CellerError(msg)
+        self.store = store
+        self.indices = np.arange(len(store), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        self.max_len = max_len
+        self.mask_ratio = mask_ratio
+        self.seed = seed
+        self.cls_id = int(store.meta["cls_id"])
+        self.pad_id = int(store.meta["pad_id"])
+        self.mask_id = int(store.n_bins)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sequence length of each item (with <cls>, capped at max_len), for the batch samplers."""
+        return np.minimum(self.store.lengths[self.indices] + 1, self.max_len)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = int(self.indices[i])
+        genes, bins = self.store[idx]
+        rng = np.random.default_rng((self.seed, self.epoch, idx))
+        n = len(genes)
+        if n > self.max_len - 1:  # random subset of the genes, kept in store order
+            keep = np.sort(rng.choice(n, self.max_len - 1, replace=False))
+            genes, bins, n = genes[keep], bins[keep], self.max_len - 1
+        g = np.empty(n + 1, np.int64)
+        g[0], g[1:] = self.cls_id, genes
+        v = np.zeros(n + 1, np.int64)  # value id 0 at <cls>
+        v[1:] = bins
+        t = np.full(n + 1, IGNORE_INDEX, np.int64)
+        if self.mask_ratio > 0 and n > 0:
+            pos = 1 + rng.choice(n, max(1, round(self.mask_ratio * n)), replace=False)  # never position 0
+            t[pos], v[pos] = v[pos], self.mask_id
+        return {"index": idx, "genes": g, "values": v, "targets": t}
+
+
+def collate(items: list[dict], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of items to the longest: genes/values/targets (B, L) int64, padding_mask (B, L) bool."""
+    B, L = len(items), max(len(it["genes"]) for it in items)
+    genes = np.full((B, L), pad_id, np.int64)
+    values = np.zeros((B, L), np.int64)
+    targets = np.full((B, L), IGNORE_INDEX, np.int64)
+    padding = np.ones((B, L), bool)
+    for r, it in enumerate(items):
+        n = len(it["genes"])
+        genes[r, :n], values[r, :n], targets[r, :n], padding[r, :n] = it["genes"], it["values"], it["targets"], False
+    return {
+        "index": torch.tensor([it["index"] for it in items]),
+        "genes": torch.from_numpy(genes),
+        "values": torch.from_numpy(values),
+        "targets": torch.from_numpy(targets),
+        "padding_mask": torch.from_numpy(padding),
+    }
+
+
+class _EpochBatches(Sampler):
+    """Shared part of the samplers: per-epoch batch order, sharding over ranks, skipping for resume."""
+
+    def __init__(self, lengths, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise CellerError(msg)
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over epoch ``epoch``'s batches for this rank, skipping the first ``start`` of them."""
+        self.epoch, self.start = epoch, start
+
+    def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def rank_batches(self) -> list[np.ndarray]:
+        """This rank's batches of the current epoch (before skipping ``start``)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            batches = self.epoch_batches(np.random.default_rng((self.seed, self.epoch)))
+            n = len(batches) // self.world_size * self.world_size
+            self._cache = (self.epoch, batches[self.rank:n:self.world_size])
+        return self._cache[1]
+
+    def __iter__(self):
+        for b in self.rank_batches()[self.start:]:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return max(0, len(self.rank_batches()) - self.start)
+
+    def _chunks(self, order: np.ndarray) -> list[np.ndarray]:
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+
+class RandomBatchSampler(_EpochBatches):
+    """Naive batches: a random permutation (or the dataset order, ``shuffle=False``) cut into batches."""
+
+    def epoch_batches(self, rng):
+        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        return self._chunks(order)
+
+
+class LengthBucketSampler(_EpochBatches):
+    """Batches of similar length: sort by length inside random pools of ``pool_batches`` batches, then
+    shuffle the batches. ``shuffle=False`` sorts the whole dataset by length (inference)."""
+
+    def __init__(self, lengths, batch_size: int, *, pool_batches: int = 100, **kwargs):
+        super().__init__(lengths, batch_size, **kwargs)
+        self.pool_batches = pool_batches
+
+    def epoch_batches(self, rng):
+        if not self.shuffle:
+            return self._chunks(np.argsort(-self.lengths, kind="stable"))
+        order = rng.permutation(len(self.lengths))
+        pool = self.batch_size * self.pool_batches
+        batches = []
+        for i in range(0, len(order), pool):
+            chunk = order[i:i + pool]
+            batches += self._chunks(chunk[np.argsort(-self.lengths[chunk], kind="stable")])
+        return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def padding_fraction(batches, lengths) -> float:
+    """Share of the padded (B x max length) tokens of ``batches`` that are padding."""
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1.0 - real / total if total else 0.0
+
+
+__all__ = [
+    "IGNORE_INDEX", "CellDataset", "LengthBucketSampler", "RandomBatchSampler", "collate", "padding_fraction",
+]
