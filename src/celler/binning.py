@@ -29,10 +29,17 @@ def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def digitize(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin ids 1..len(edges)+1 for non-zero ``values`` given sorted ``edges`` (mid-rank on ties)."""
-    lo = np.searchsorted(edges, values, side="left")
-    hi = np.searchsorted(edges, values, side="right")
-    return (1 + (lo + hi) // 2).astype(np.uint8 if edges.size < 255 else np.uint16)
+    """Bin ids 1..len(edges)+1 for non-zero ``values`` given sorted ``edges`` (mid-rank on ties).
+
+    One binary search per value; a value that equals an edge run ``edges[a:b]`` gets bin ``1 + (a + b) // 2``.
+    """
+    edges = np.asarray(edges, dtype=values.dtype)
+    right = np.searchsorted(edges, values, side="right")
+    first = np.searchsorted(edges, edges, side="left")  # start of each edge's tie run
+    prev = np.maximum(right - 1, 0)
+    tie = (right > 0) & (edges[prev] == values) if edges.size else np.zeros(values.shape, bool)
+    left = np.where(tie, first[prev], right)
+    return (1 + (left + right) // 2).astype(np.uint8 if edges.size < 255 else np.uint16)
 
 
 class EdgeSampler:
@@ -72,12 +79,14 @@ class EdgeSampler:
 
 def bin_per_batch(x: sp.csr_matrix, batches: np.ndarray, edges: dict[str, np.ndarray]) -> np.ndarray:
     """Bins for ``x.data`` (same order), each row binned with the edges of its batch."""
+    names, codes = np.unique(np.asarray(batches).astype(str), return_inverse=True)
+    if len(names) == 1:
+        return digitize(x.data, edges[names[0]])
     out = np.zeros(x.nnz, dtype=np.uint8)
-    row_of = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-    batch_of = np.asarray(batches)[row_of]
-    for b in np.unique(batches):
-        sel = batch_of == b
-        out[sel] = digitize(x.data[sel], edges[str(b)])
+    code_of = np.repeat(codes.astype(np.int32), np.diff(x.indptr))
+    for k, b in enumerate(names):
+        sel = code_of == k
+        out[sel] = digitize(x.data[sel], edges[b])
     return out
 
 

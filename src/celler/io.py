@@ -60,7 +60,7 @@ def read_h5ad(path: str | Path, *, matrix: str = "X", backed: bool = False) -> a
 
 def to_csr(x) -> sp.csr_matrix:
     """Return ``x`` as a float32 CSR matrix with explicit zeros removed."""
-    m = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else x.tocsr().astype(np.float32)
+    m = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else x.tocsr().astype(np.float32, copy=False)
     m.eliminate_zeros()
     return m
 

@@ -90,7 +90,7 @@ def _cell_metrics(reader: MatrixReader, infile, spec: DatasetSpec, chunk_size: i
     if spec.split.get("by") == "column" and spec.split["column"] not in obs.columns:
         msg = f"{reader.path}: split column {spec.split['column']!r} not found in obs"
         raise CellerError(msg)
-    mito = reader.var.index.astype(str).str.upper().str.startswith("MT-")
+    mito = np.asarray(reader.var.index.astype(str).str.upper().str.startswith("MT-"))
     n_genes = np.zeros(reader.n_cells, np.int64)
     total = np.zeros(reader.n_cells, np.float64)
     mito_total = np.zeros(reader.n_cells, np.float64)
@@ -100,7 +100,7 @@ def _cell_metrics(reader: MatrixReader, infile, spec: DatasetSpec, chunk_size: i
         stop = start + x.shape[0]
         n_genes[start:stop] = np.diff(x.indptr)
         total[start:stop] = np.asarray(x.sum(axis=1)).ravel()
-        mito_total[start:stop] = np.asarray(x[:, mito].sum(axis=1)).ravel() if mito.any() else 0.0
+        mito_total[start:stop] = x @ mito.astype(np.float32) if mito.any() else 0.0
     kind = kind or "counts"
     log.info("%s: values look like %s", reader.path, "raw counts" if kind == "counts" else "log-normalised data")
     df = pd.DataFrame(index=obs.index.astype(str))
@@ -141,12 +141,12 @@ def _apply_filters(cells: pd.DataFrame, spec: DatasetSpec) -> None:
 def _gene_counts(reader: MatrixReader, genes: pd.Index, kept: pd.Series, chunk_size: int) -> pd.Series:
     cols = reader.var.index.astype(str).get_indexer(genes)
     keep_rows = kept.reindex(reader.obs.index.astype(str)).to_numpy()
-    n = np.zeros(len(genes), np.int64)
-    present = cols >= 0
+    per_var = np.zeros(reader.shape[1], np.int64)
     for start, x in reader.chunks(chunk_size):
-        sub = x[keep_rows[start:start + x.shape[0]]][:, cols[present]]
-        n[present] += np.diff(sub.tocsc().indptr)
-    return pd.Series(n, index=genes)
+        rows = keep_rows[start:start + x.shape[0]]
+        entry_kept = np.repeat(rows, np.diff(x.indptr))
+        per_var += np.bincount(x.indices[entry_kept], minlength=reader.shape[1])
+    return pd.Series(np.where(cols >= 0, per_var[np.maximum(cols, 0)], 0), index=genes)
 
 
 def qc_summary(cells: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFrame:

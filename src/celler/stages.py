@@ -29,7 +29,8 @@ def qc_stage(spec: DatasetSpec, *, cells_out, genes_out, summary_out, plot_out, 
     log.info("QC summary for %s:\n%s", spec.name, summary.to_string(index=False))
     for out, frame, index in ((cells_out, cells, True), (genes_out, genes, True), (summary_out, summary, False)):
         with atomic_path(out) as tmp:
-            frame.to_csv(tmp, sep="\t", index=index)
+            frame.to_csv(tmp, sep="\t", index=index, compression={"method": "gzip", "compresslevel": 1}
+                         if str(out).endswith(".gz") else None)
     with atomic_path(plot_out) as tmp:
         plot_qc(cells, spec, tmp)
 

@@ -15,8 +15,9 @@ Model (all reproducible from ``seed``):
   the gene list) by a strong factor; each subclass adds its own small marker set and log-normal noise on a
   fraction of genes, so subclasses of one parent are close and parents far apart;
 * **counts**: negative binomial with mean ``size_factor * batch_factor[gene] * profile[gene]`` and
-  dispersion ``theta`` (size), sampled exactly by inverse CDF from one uniform per entry (zero iff
-  ``u <= P(X = 0)``), so only the non-zero entries cost more than a comparison;
+  dispersion ``theta`` (size). One uniform per entry decides zero / non-zero exactly (zero iff
+  ``u <= P(X = 0)``); only the ~``density`` non-zero entries are then drawn from the zero-truncated NB
+  (inverse CDF of the same uniform for small means, rejection for large ones);
 * **batches**: multiplicative per-gene log-normal factors and a per-batch library-size shift;
 * the baseline scale is calibrated so that about ``density`` of the entries are non-zero.
 
@@ -26,7 +27,6 @@ Generation is chunked (fixed-size float32 buffers), so memory is the output CSR 
 from __future__ import annotations
 
 import time
-from importlib import resources as _res  # noqa: F401  (kept for packaging symmetry)
 from pathlib import Path
 
 import anndata as ad
@@ -45,7 +45,10 @@ def load_panglao(path: str | Path | None = None) -> pd.DataFrame:
     ``rank`` orders a cell type's markers: canonical first, then by human sensitivity, then by specificity
     (low ubiquitousness index).
     """
-    path = Path(path) if path is not None else DEFAULT_MARKERS
+    if path is None:
+        here = Path("resources") / "markers" / DEFAULT_MARKERS.name
+        path = DEFAULT_MARKERS if DEFAULT_MARKERS.exists() or not here.exists() else here
+    path = Path(path)
     if not path.exists():
         msg = f"{path}: PanglaoDB marker table not found; it ships in resources/markers/"
         raise CellerError(msg)
@@ -84,24 +87,44 @@ def _long_tail_counts(n: int, k: int, imbalance: float) -> np.ndarray:
 
 
 def _nb_inverse_cdf(u: np.ndarray, mu: np.ndarray, theta: float) -> np.ndarray:
-    """Smallest k >= 1 with NB-CDF(k) >= u, for entries known to be non-zero (u > P(X = 0))."""
-    u = u.astype(np.float64)
-    mu = mu.astype(np.float64)
-    p = mu / (theta + mu)
-    pmf = np.exp(-theta * np.log1p(mu / theta))  # P(X = 0)
-    cdf = pmf.copy()
-    out = np.empty(len(u), dtype=np.float32)
-    active = np.arange(len(u))
-    k = 0
-    while active.size:
+    """Smallest k >= 1 with NB-CDF(k) >= u, for entries known to be non-zero (u > P(X = 0)).
+
+    Meant for small means (the loop runs to the largest value drawn); float32, as the inputs.
+    """
+    th = np.float32(theta)
+    p = mu / (th + mu)
+    pmf = np.exp(-th * np.log1p(mu / th)) * th * p  # P(X = 1)
+    cdf = np.exp(-th * np.log1p(mu / th)) + pmf
+    out = np.ones(len(u), dtype=np.float32)
+    active = np.flatnonzero(u > cdf)
+    u, p, pmf, cdf = u[active], p[active], pmf[active], cdf[active]
+    k = 1
+    while active.size and k < 1000:  # NB(mean <= 4) reaches 1000 with probability far below float precision
         k += 1
-        pmf *= p * ((k - 1 + theta) / k)
+        pmf *= p * np.float32((k - 1 + theta) / k)
         cdf += pmf
-        done = (u <= cdf) | (pmf < 1e-300) | (k >= 100_000)
-        if done.any():
-            out[active[done]] = k
-            keep = ~done
-            active, u, p, pmf, cdf = active[keep], u[keep], p[keep], pmf[keep], cdf[keep]
+        out[active] = k
+        keep = u > cdf
+        active, u, p, pmf, cdf = active[keep], u[keep], p[keep], pmf[keep], cdf[keep]
+    return out
+
+
+def _nb_nonzero(u: np.ndarray, mu: np.ndarray, theta: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-truncated NB(mu, theta) draws for entries known to be non-zero.
+
+    Small means (the vast majority) by inverse CDF of ``u`` (a few vectorised steps); means above 4 by
+    numpy's gamma-Poisson sampler, redrawing the zeros (rejection: exact, and rare at those means).
+    """
+    out = np.empty(len(u), dtype=np.float32)
+    big = mu > 4.0
+    out[~big] = _nb_inverse_cdf(u[~big], mu[~big], theta)
+    idx = np.flatnonzero(big)
+    prob = theta / (theta + mu[idx].astype(np.float64))
+    while idx.size:
+        draw = rng.negative_binomial(theta, prob)
+        ok = draw > 0
+        out[idx[ok]] = draw[ok]
+        idx, prob = idx[~ok], prob[~ok]
     return out
 
 
@@ -166,10 +189,8 @@ def make_synthetic(
     per_parent = max(1, min(markers_per_parent, n_genes // (2 * len(all_parents))))
     marker_of: dict[str, str] = {}
     for p in all_parents:
-        for g in mk.loc[mk["cell_type"] == p].sort_values("rank")["gene"]:
-            if sum(v == p for v in marker_of.values()) >= per_parent:
-                break
-            marker_of.setdefault(g, p)
+        own = [g for g in mk.loc[mk["cell_type"] == p].sort_values("rank")["gene"] if g not in marker_of]
+        marker_of.update(dict.fromkeys(own[:per_parent], p))
     rest = np.setdiff1d(all_genes, list(marker_of))
     genes = np.concatenate([np.array(list(marker_of)), rng.choice(rest, n_genes - len(marker_of), replace=False)])
     gidx = {g: i for i, g in enumerate(genes)}
@@ -217,18 +238,20 @@ def make_synthetic(
     size = np.exp(rng.normal(0.0, 0.3, n_cells)) * batch_lib[batches]
 
     # calibrate the overall scale so that E[P(X > 0)] ~= density (on a sample of cells)
-    samp = rng.choice(n_cells, min(n_cells, 2000), replace=False)
+    samp = rng.choice(n_cells, min(n_cells, 1000), replace=False)
+    mu_s = size[samp, None] * batch_fac[batches[samp]] * prof[types[samp]] / theta
 
     def _density(scale: float) -> float:
-        mu = scale * size[samp, None] * batch_fac[batches[samp]] * prof[types[samp]]
-        return float(np.mean(1.0 - np.exp(-theta * np.log1p(mu / theta))))
+        return float(np.mean(1.0 - np.exp(-theta * np.log1p(scale * mu_s))))
 
     lo_s, hi_s = 1e-8, 1e4
-    for _ in range(60):
+    for _ in range(40):
         mid = np.sqrt(lo_s * hi_s)
         lo_s, hi_s = (mid, hi_s) if _density(mid) < density else (lo_s, mid)
-    prof = (prof * np.sqrt(lo_s * hi_s)).astype(np.float32)
-    batch_fac = batch_fac.astype(np.float32)
+    prof = prof * np.sqrt(lo_s * hi_s)
+    # one row per (subclass, batch): a single gather per chunk
+    prof_b = (prof[:, None, :] * batch_fac[None, :, :]).reshape(n_types * n_batches, n_genes).astype(np.float32)
+    row_of = types * n_batches + batches
     size32 = size.astype(np.float32)
 
     # chunked exact NB sampling straight into CSR
@@ -248,15 +271,15 @@ def make_synthetic(
         stop = min(start + m, n_cells)
         r = stop - start
         mu_c, u_c, tmp_c, mask_c = mu[:r], u[:r], tmp[:r], mask[:r]
-        np.take(prof, types[start:stop], axis=0, out=mu_c)
-        mu_c *= batch_fac[batches[start:stop]]
+        np.take(prof_b, row_of[start:stop], axis=0, out=mu_c)
         mu_c *= size32[start:stop, None]
         rng.random(dtype=np.float32, out=u_c)
         # zero iff u <= P(X=0) = exp(-theta * log1p(mu / theta))
         np.multiply(mu_c, np.float32(1.0 / theta), out=tmp_c)
         np.log1p(tmp_c, out=tmp_c)
         tmp_c *= neg_theta
-        np.log(u_c, out=u_c)  # log(0) never happens: random() < 1 and >= 0, so guard below
+        with np.errstate(divide="ignore"):
+            np.log(u_c, out=u_c)  # u = 0 gives -inf: a zero, as it should
         np.greater(u_c, tmp_c, out=mask_c)
         flat = np.flatnonzero(mask_c)
         k = flat.size
@@ -265,7 +288,7 @@ def make_synthetic(
             data, indices = np.resize(data, cap), np.resize(indices, cap)
         rows, cols = np.divmod(flat, n_genes)
         uu = np.exp(u_c.reshape(-1)[flat])
-        data[nnz : nnz + k] = _nb_inverse_cdf(uu, mu_c.reshape(-1)[flat], theta)
+        data[nnz : nnz + k] = _nb_nonzero(uu, mu_c.reshape(-1)[flat], theta, rng)
         indices[nnz : nnz + k] = cols
         indptr[start + 1 : stop + 1] = nnz + np.cumsum(np.bincount(rows, minlength=r))
         nnz += k

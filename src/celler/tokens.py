@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from celler.binning import EdgeSampler, bin_per_batch, bin_per_cell
+from celler.binning import EdgeSampler, bin_per_batch, bin_per_cell, digitize
 from celler.config import DatasetSpec
 from celler.errors import CellerError
 from celler.io import atomic_path
@@ -51,14 +51,41 @@ class TokenStoreWriter:
         self._offsets.extend((base + indptr[1:]).tolist())
         self._cells.append(cells)
 
+    def bin_spooled(self, values_path: Path, edges: dict[str, np.ndarray], chunk_tokens: int = 20_000_000) -> None:
+        """Write bins.bin from spooled float32 values, each cell with its batch's edges; deletes the spool."""
+        self._bins.close()
+        offsets = np.asarray(self._offsets, dtype=np.int64)
+        n = int(offsets[-1])
+        names, codes = _batch_codes(pd.concat([c["batch"] for c in self._cells]).to_numpy() if self._cells
+                                    else np.zeros(0, str))
+        values = np.memmap(values_path, dtype=np.float32, mode="r", shape=(n,)) if n else np.zeros(0, np.float32)
+        with (self.path / "bins.bin").open("wb") as out:
+            start_cell = 0
+            while start_cell < len(offsets) - 1:  # whole cells, about chunk_tokens values at a time
+                stop_cell = max(int(np.searchsorted(offsets, offsets[start_cell] + chunk_tokens, side="right")) - 1,
+                                start_cell + 1)
+                stop_cell = min(stop_cell, len(offsets) - 1)
+                a, b = offsets[start_cell], offsets[stop_cell]
+                v = np.asarray(values[a:b])
+                code_of = np.repeat(codes[start_cell:stop_cell], np.diff(offsets[start_cell:stop_cell + 1]))
+                bins = np.empty(b - a, np.uint8)
+                for k, name in enumerate(names):
+                    sel = code_of == k
+                    bins[sel] = digitize(v[sel], edges[name])
+                out.write(bins.tobytes())
+                start_cell = stop_cell
+        del values
+        Path(values_path).unlink()
+
     def close(self, meta: dict, edges: dict[str, list[float]], vocab) -> None:
         self._genes.close()
-        self._bins.close()
+        if not self._bins.closed:
+            self._bins.close()
         offsets = np.asarray(self._offsets, dtype=np.int64)
         offsets.tofile(self.path / "offsets.bin")
         cells = pd.concat(self._cells) if self._cells else pd.DataFrame()
         cells["n_tokens"] = np.diff(offsets)
-        cells.to_csv(self.path / "cells.tsv.gz", sep="\t")
+        cells.to_csv(self.path / "cells.tsv.gz", sep="\t", compression={"method": "gzip", "compresslevel": 1})
         (self.path / "bin_edges.json").write_text(json.dumps(edges))
         vocab.save(self.path / "vocab.json")
         meta = {**meta, "format_version": FORMAT_VERSION, "n_cells": len(offsets) - 1,
@@ -157,6 +184,11 @@ class ConcatStore:
         return self.stores[0].vocab()
 
 
+def _batch_codes(batches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    names, codes = np.unique(np.asarray(batches).astype(str), return_inverse=True)
+    return names, codes
+
+
 def tokenize(
     spec: DatasetSpec,
     cells: pd.DataFrame,
@@ -167,6 +199,7 @@ def tokenize(
     n_bins: int = 51,
     scheme: str = "per_batch",
     normalize: bool = True,
+    edges: dict[str, np.ndarray] | None = None,
     chunk_size: int = 20_000,
     max_edge_values: int = 20_000_000,
     seed: int = 0,
@@ -175,7 +208,9 @@ def tokenize(
 
     Values are log1p(counts per 10,000) for count input when ``normalize`` (log input is used as is), then
     binned with ``scheme`` ('per_batch' quantile edges over each batch's non-zero values, or 'per_cell').
-    Two streamed passes: edges first, then binning, so memory is bounded by ``chunk_size``.
+    The input is read once: per-batch values are spooled to a temporary float32 file while their edges are
+    estimated, then binned from that file; given ``edges`` (e.g. shared by the shards of one atlas) bins are
+    written directly. Memory is bounded by ``chunk_size``.
     """
     if scheme not in ("per_batch", "per_cell"):
         msg = f"binning scheme must be 'per_batch' or 'per_cell', got {scheme!r}"
@@ -183,31 +218,29 @@ def tokenize(
     if not 3 <= n_bins <= 256:
         msg = f"n_bins must be between 3 and 256 (bins are stored as uint8), got {n_bins}"
         raise CellerError(msg)
-
-    def values(chunk):
-        return normalised_log(chunk) if normalize else chunk.x
-
     from celler.prepare import token_columns
 
     columns = token_columns(mapping, genes)
-    n_kept = int(cells["kept"].sum())
-    edges: dict[str, np.ndarray] = {}
-    if scheme == "per_batch":
-        sampler = EdgeSampler(max_values=max_edge_values, seed=seed)
-        for chunk in tqdm(iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size),
-                          desc=f"{spec.name}: bin edges", unit="chunk", mininterval=5):
-            x = values(chunk)
-            row_batch = np.repeat(chunk.cells["batch"].astype(str).to_numpy(), np.diff(x.indptr))
-            for b in np.unique(row_batch):
-                sampler.add(b, x.data[row_batch == b])
-        edges = sampler.edges(n_bins)
+    spool = scheme == "per_batch" and edges is None
+    sampler = EdgeSampler(max_values=max_edge_values, seed=seed) if spool else None
     with atomic_path(out) as tmp:
         writer = TokenStoreWriter(tmp)
-        with tqdm(total=n_kept, desc=f"{spec.name}: tokenize", unit="cell", mininterval=5) as bar:
+        spool_file = (tmp / "values.f32").open("wb") if spool else None
+        with tqdm(total=int(cells["kept"].sum()), desc=f"{spec.name}: tokenize", unit="cell", mininterval=5) as bar:
             for chunk in iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size):
-                x = values(chunk)
+                x = normalised_log(chunk) if normalize else chunk.x
                 batches = chunk.cells["batch"].astype(str).to_numpy()
-                bins = bin_per_batch(x, batches, edges) if scheme == "per_batch" else bin_per_cell(x, n_bins)
+                if spool:
+                    names, codes = _batch_codes(batches)
+                    code_of = np.repeat(codes.astype(np.int32), np.diff(x.indptr)) if len(names) > 1 else None
+                    for k, b in enumerate(names):
+                        sampler.add(b, x.data if code_of is None else x.data[code_of == k])
+                    spool_file.write(np.ascontiguousarray(x.data, dtype=np.float32).tobytes())
+                    bins = np.zeros(0, np.uint8)  # written after the pass, once the edges are known
+                elif scheme == "per_batch":
+                    bins = bin_per_batch(x, batches, edges)
+                else:
+                    bins = bin_per_cell(x, n_bins)
                 table = pd.DataFrame({
                     "dataset": spec.name,
                     "batch": batches,
@@ -217,10 +250,14 @@ def tokenize(
                 }, index=chunk.cells.index)
                 writer.append(x.indptr, columns[x.indices], bins, table)
                 bar.update(x.shape[0])
+        if spool:
+            spool_file.close()
+            edges = sampler.edges(n_bins)
+            writer.bin_spooled(tmp / "values.f32", edges)
         writer.close(
             {"dataset": spec.name, "n_bins": n_bins, "binning": scheme, "normalize": normalize,
              "input_kind": str(cells.loc[cells["kept"], "kind"].iloc[0])},
-            {b: e.tolist() for b, e in edges.items()},
+            {b: np.asarray(e).tolist() for b, e in (edges or {}).items()},
             mapping.vocab,
         )
     return Path(out)

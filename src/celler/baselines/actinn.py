@@ -82,9 +82,23 @@ def fit_predict(
     keep = filter_genes(xtr)
     xtr, xte = xtr[:, keep], xte[:, keep]
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is fastest and avoids OpenMP pools fighting
+    try:
+        prob = _train_predict(xtr, y, xte, len(classes), seed=seed, lr=lr, epochs=epochs, batch_size=batch_size,
+                              l2=l2, decay_rate=decay_rate, decay_steps=decay_steps, hidden=hidden)
+    finally:
+        torch.set_num_threads(threads)
+    return output(test, classes[prob.argmax(axis=1)], prob.max(axis=1))
+
+
+def _train_predict(xtr, y, xte, n_classes, *, seed, lr, epochs, batch_size, l2, decay_rate, decay_steps, hidden):
+    """The ACTINN network, trained on (xtr, y); returns the softmax probabilities of xte."""
+    import torch
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    sizes = [xtr.shape[1], *hidden, len(classes)]
+    sizes = [xtr.shape[1], *hidden, n_classes]
     layers: list[torch.nn.Module] = []
     for i in range(len(sizes) - 1):
         lin = torch.nn.Linear(sizes[i], sizes[i + 1])
@@ -112,5 +126,4 @@ def fit_predict(
             sched.step()  # per step, staircase every decay_steps steps
     net.eval()
     with torch.no_grad():
-        prob = torch.softmax(net(torch.from_numpy(xte)), dim=1).numpy()
-    return output(test, classes[prob.argmax(axis=1)], prob.max(axis=1))
+        return torch.softmax(net(torch.from_numpy(xte)), dim=1).numpy()

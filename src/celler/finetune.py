@@ -1,0 +1,404 @@
+"""Per-tissue fine-tuning: the pretrained encoder plus one classifier head per label level, one loop.
+
+A tissue has a subclass level and, where configured, a parent level; both heads read the ``<cls>``
+embedding and are trained jointly (total loss = sum over levels of the configured long-tail loss). The
+validation cells are a seeded stratified share of the training cells; the epoch with the best validation
+subclass macro-F1 is kept, and training stops after ``patience`` epochs without improvement. Prediction is
+the argmax of the raw logits (no noise, no prior term), with softmax probabilities as confidence.
+
+``loss: auto`` trains one model per (tau, sigma) of a small grid and keeps the one with the best
+validation macro-F1 (the head/tail trade-off is data-dependent). ``two_stage`` adds a short second stage on
+the training cells that the first stage got wrong with high confidence (the paper's hard-example stage).
+
+Output model directory (self-describing, read by :func:`load_classifier`)::
+
+    model.pt       encoder + heads weights, ModelConfig, label levels, format and package version
+    config.json    the FinetuneConfig, where the encoder came from, the chosen loss settings
+    labels.json    per level: classes (id order) and training counts; subclass -> parent map
+    vocab.json     the vocabulary (extended datasets carry their extra genes)
+    bin_edges.json the per-batch bin edges of the training data
+    train_log.csv  per epoch: train loss, validation macro-F1 per level
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from celler import __version__
+from celler.batching import CellDataset, LengthBucketSampler, collate
+from celler.errors import CellerError
+from celler.losses import build_loss
+from celler.model import ClassifierHead, Encoder, ModelConfig, configure_optimizers, preset
+from celler.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+CLASSIFIER_FORMAT_VERSION = 1
+LEVELS = ("subclass", "parent")  # store.cells columns: 'label' and 'parent'
+LEVEL_COLUMN = {"subclass": "label", "parent": "parent"}
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = "pretrained"  # 'pretrained' (a Celler or scGPT model directory is given) or 'scratch'
+    preset: str = "tiny"  # model size when init == 'scratch'
+    loss: str = "ginf+hdm"  # ce | focal | balanced_softmax | ginf | ginf+hdm | auto
+    loss_params: dict = field(default_factory=dict)  # e.g. {form: paper, sigma: 0.33, tau: 1, hdm_n: 20}
+    auto_grid: dict = field(default_factory=lambda: {"tau": [0.5, 1.0], "sigma": [0.0, 0.33, 1.0]})
+    max_len: int = 256  # tokens per cell incl. <cls>; longer cells get a random gene subset per epoch
+    batch_size: int = 32
+    lr: float = 5e-4  # peak AdamW learning rate (heads and encoder)
+    weight_decay: float = 0.01
+    epochs: int = 10  # at most this many passes over the training cells
+    patience: int = 3  # stop after this many epochs without a better validation macro-F1
+    val_fraction: float = 0.1  # stratified share of the training cells used for model selection
+    freeze_encoder: bool = False  # train the heads only (the encoder's embeddings are computed once)
+    two_stage: bool = False  # a second stage on confidently misclassified training cells
+    two_stage_epochs: int = 2
+    two_stage_confidence: float = 0.8  # "high confidence": predicted-class probability above this
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # autocast on CUDA only
+
+
+class CellClassifier(nn.Module):
+    """Encoder + one ClassifierHead per label level; ``forward`` returns ``{level: logits (B, C_level)}``."""
+
+    def __init__(self, encoder: Encoder, levels: dict[str, list[str]]):
+        super().__init__()
+        self.encoder = encoder
+        self.levels = {k: list(v) for k, v in levels.items()}
+        self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v)) for k, v in levels.items()})
+
+    def forward(self, genes, values, padding_mask=None, *, embedding=None):
+        emb = self.encoder.cell_embedding(genes, values, padding_mask) if embedding is None else embedding
+        return {k: head(emb)[0] for k, head in self.heads.items()}, emb  # logits per level, (B, d)
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def label_levels(cells: pd.DataFrame, train_idx: np.ndarray) -> dict[str, list[str]]:
+    """Classes per level, from the training cells (sorted, so ids are stable)."""
+    levels = {}
+    for level in LEVELS:
+        col = LEVEL_COLUMN[level]
+        if col in cells and cells[col].notna().any():
+            levels[level] = sorted(cells[col].iloc[train_idx].dropna().astype(str).unique())
+    if "subclass" not in levels:
+        msg = "the token store has no labels (cells.tsv 'label' is empty); fine-tuning needs a labelled tissue"
+        raise CellerError(msg)
+    if len(levels["subclass"]) < 2:
+        msg = f"fine-tuning needs at least 2 classes in the training cells, found {levels['subclass']}"
+        raise CellerError(msg)
+    return levels
+
+
+def encode_targets(cells: pd.DataFrame, levels: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Class id per cell and level (-100 for a class unseen in training: an open-set cell)."""
+    out = {}
+    for level, classes in levels.items():
+        ids = pd.Series(np.arange(len(classes)), index=classes)
+        out[level] = ids.reindex(cells[LEVEL_COLUMN[level]].astype(str)).fillna(-100).astype(np.int64).to_numpy()
+    return out
+
+
+def validation_split(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) store indices: a seeded stratified ``fraction`` per class; singletons stay in train."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        n = min(int(round(len(members) * fraction)), len(members) - 1)
+        if n > 0:
+            val.append(rng.choice(members, n, replace=False))
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    return np.setdiff1d(idx, val), val
+
+
+def build_encoder(cfg: FinetuneConfig, store: TokenStore, pretrained: str | Path | None) -> Encoder:
+    """The starting encoder: pretrained weights (Celler or scGPT directory), grown to an extended vocabulary,
+    or a fresh one from ``cfg.preset``."""
+    vocab = store.vocab()
+    if cfg.init == "scratch" or pretrained is None:
+        if cfg.init != "scratch":
+            msg = "init is 'pretrained' but no pretrained model directory was given"
+            raise CellerError(msg)
+        return Encoder(preset(cfg.preset, vocab_size=len(vocab), n_bins=store.n_bins, pad_id=vocab.pad_id,
+                              cls_id=vocab.cls_id))
+    from celler.pretrain import check_vocab, load_pretrained
+
+    encoder, mcfg, model_vocab = load_pretrained(pretrained)
+    if mcfg.n_bins != store.n_bins:
+        msg = f"{pretrained}: model has {mcfg.n_bins} value bins but the token store {store.n_bins}; re-tokenize"
+        raise CellerError(msg)
+    if len(vocab) > len(model_vocab) and vocab.tokens[: len(model_vocab)] == model_vocab.tokens:
+        encoder.resize_token_embeddings(len(vocab))  # extend mode: new genes get fresh rows
+    else:
+        check_vocab(vocab, model_vocab, what=f"model {pretrained}")
+    return encoder
+
+
+def _loader(store, indices, cfg: FinetuneConfig, *, shuffle: bool, epoch: int = 0):
+    ds = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=0.0, seed=cfg.seed)
+    ds.set_epoch(epoch)
+    sampler = LengthBucketSampler(ds.lengths, cfg.batch_size, seed=cfg.seed, shuffle=shuffle)
+    sampler.set_epoch(epoch)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=partial(collate, pad_id=int(store.meta["pad_id"])))
+
+
+def _batch_inputs(batch, device):
+    pad = batch["padding_mask"]
+    return (batch["genes"].to(device), batch["values"].to(device), pad.to(device) if pad.any() else None)
+
+
+@torch.no_grad()
+def predict_logits(model: CellClassifier, store, indices, cfg: FinetuneConfig, *, embeddings=None):
+    """``({level: logits (n, C)}, embeddings (n, d))`` for store ``indices``, in that order."""
+    device = next(model.parameters()).device
+    model.eval()
+    if embeddings is not None:
+        logits, _ = model(None, None, embedding=torch.as_tensor(embeddings, device=device))
+        return {k: v.float().cpu() for k, v in logits.items()}, embeddings
+    position = {int(c): i for i, c in enumerate(indices)}
+    out = {k: torch.zeros(len(indices), len(v)) for k, v in model.levels.items()}
+    emb = np.zeros((len(indices), model.encoder.config.d_model), np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else _null()
+    for batch in _loader(store, indices, cfg, shuffle=False):
+        rows = [position[int(c)] for c in batch["index"]]
+        with autocast:
+            logits, e = model(*_batch_inputs(batch, device))
+        for k, v in logits.items():
+            out[k][rows] = v.float().cpu()
+        emb[rows] = e.float().cpu().numpy()
+    return out, emb
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    keep = y_true >= 0
+    return float(f1_score(y_true[keep], y_pred[keep], average="macro")) if keep.any() else float("nan")
+
+
+def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, frozen_emb=None, log_rows=None,
+           stage="main"):
+    """The training loop (both stages): returns the best-on-validation state dict and its macro-F1."""
+    device = next(model.parameters()).device
+    # a frozen encoder has requires_grad False, so only the heads reach the optimiser
+    optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device.type)
+    steps_per_epoch = max(1, int(np.ceil(len(train_idx) / cfg.batch_size)))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
+                                                    pct_start=0.1, anneal_strategy="cos")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else _null()
+    val_emb = frozen_emb[val_idx] if frozen_emb is not None else None
+    best = (-1.0, copy.deepcopy(model.state_dict()))
+    since_best = 0
+    rng = np.random.default_rng(cfg.seed)
+    for epoch in range(epochs):
+        model.train()
+        total, n = 0.0, 0
+        if frozen_emb is not None:
+            batches = [b for b in np.array_split(rng.permutation(len(train_idx)), steps_per_epoch) if len(b)]
+            iterator = ((None, train_idx[b]) for b in batches)
+        else:
+            iterator = ((batch, batch["index"].numpy()) for batch in _loader(store, train_idx, cfg, shuffle=True,
+                                                                              epoch=epoch))
+        for batch, idx in iterator:
+            with autocast:
+                if frozen_emb is None:
+                    logits, _ = model(*_batch_inputs(batch, device))
+                else:
+                    logits, _ = model(None, None, embedding=torch.as_tensor(frozen_emb[idx], device=device))
+            loss = 0.0
+            for k, z in logits.items():  # sum over levels; cells without a label at a level are skipped there
+                t = torch.as_tensor(targets[k][idx], device=device)
+                keep = t >= 0
+                if keep.any():
+                    loss = loss + losses[k](z.float()[keep], t[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if scheduler.last_epoch < scheduler.total_steps - 1:
+                scheduler.step()
+            total, n = total + float(loss) * len(idx), n + len(idx)
+        if len(val_idx):
+            val_logits, _ = predict_logits(model, store, val_idx, cfg, embeddings=val_emb)
+            f1 = {k: macro_f1(targets[k][val_idx], v.argmax(1).numpy()) for k, v in val_logits.items()}
+        else:  # no validation cells (tiny data): keep the last epoch
+            f1 = {k: float(epoch) for k in model.levels}
+        if log_rows is not None:
+            log_rows.append({"stage": stage, "epoch": epoch, "train_loss": total / max(n, 1),
+                             **{f"val_macro_f1_{k}": v for k, v in f1.items()}})
+        log.info("%s epoch %d: loss %.4f, val macro-F1 %s", stage, epoch, total / max(n, 1),
+                 {k: round(v, 4) for k, v in f1.items()})
+        if f1["subclass"] > best[0]:
+            best, since_best = (f1["subclass"], copy.deepcopy(model.state_dict())), 0
+        else:
+            since_best += 1
+            if since_best >= cfg.patience:
+                break
+    return best
+
+
+def hard_examples(model, store, train_idx, targets, cfg, *, frozen_emb=None) -> np.ndarray:
+    """Training cells predicted wrongly with probability above ``two_stage_confidence`` (subclass level)."""
+    logits, _ = predict_logits(model, store, train_idx, cfg,
+                               embeddings=frozen_emb[train_idx] if frozen_emb is not None else None)
+    prob = torch.softmax(logits["subclass"], 1)
+    conf, pred = prob.max(1)
+    wrong = (pred.numpy() != targets["subclass"][train_idx]) & (conf.numpy() > cfg.two_stage_confidence)
+    return train_idx[wrong]
+
+
+def loss_candidates(cfg: FinetuneConfig) -> list[tuple[str, dict]]:
+    """(loss name, params) to train: one, or the ``auto`` grid over tau and sigma (GInf+HDM)."""
+    if cfg.loss != "auto":
+        return [(cfg.loss, dict(cfg.loss_params))]
+    base = {k: v for k, v in cfg.loss_params.items() if k not in ("tau", "sigma")}
+    return [("ginf+hdm", {**base, "tau": t, "sigma": s}) for t in cfg.auto_grid["tau"] for s in cfg.auto_grid["sigma"]]
+
+
+def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrained=None, train_cells=None):
+    """Fine-tune on the 'train' cells of the token store at ``store_path``; write the model directory.
+
+    ``train_cells``: optional list of cell names restricting the training cells (an induced long tail).
+    Returns ``(model, levels, info)`` where ``info`` holds the chosen loss, class counts and validation F1.
+    """
+    cfg = cfg or FinetuneConfig()
+    store = TokenStore(store_path)
+    cells = store.cells
+    device = pick_device(cfg.device)
+    train_mask = cells["split"].astype(str).eq("train").to_numpy()
+    if train_cells is not None:
+        train_mask &= cells.index.isin(pd.Index(train_cells))
+    all_train = np.flatnonzero(train_mask)
+    levels = label_levels(cells, all_train)
+    targets = encode_targets(cells, levels)
+    train_idx, val_idx = validation_split(targets["subclass"], all_train, cfg.val_fraction, cfg.seed)
+    counts = {k: np.bincount(targets[k][train_idx][targets[k][train_idx] >= 0], minlength=len(v)).tolist()
+              for k, v in levels.items()}
+    log.info("fine-tuning on %d cells (%d for validation), %s classes", len(train_idx), len(val_idx),
+             {k: len(v) for k, v in levels.items()})
+
+    best_overall, rows = None, []
+    for name, params in loss_candidates(cfg):
+        torch.manual_seed(cfg.seed)
+        model = CellClassifier(build_encoder(cfg, store, pretrained), levels).to(device)
+        frozen = None
+        if cfg.freeze_encoder:
+            model.encoder.requires_grad_(False)
+            _, frozen_part = predict_logits(model, store, all_train if len(val_idx) == 0 else
+                                            np.union1d(train_idx, val_idx), cfg)
+            frozen = np.zeros((len(store), model.encoder.config.d_model), np.float32)
+            frozen[np.union1d(train_idx, val_idx)] = frozen_part
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
+        tag = f"{name} {params}" if cfg.loss == "auto" else "main"
+        f1, state = _train(model, store, train_idx, val_idx, targets, losses, cfg, epochs=cfg.epochs,
+                           frozen_emb=frozen, log_rows=rows, stage=tag)
+        model.load_state_dict(state)
+        if cfg.two_stage:
+            hard = hard_examples(model, store, train_idx, targets, cfg, frozen_emb=frozen)
+            log.info("two-stage: %d confidently misclassified training cells", len(hard))
+            if len(hard):
+                stage_cfg = replace(cfg, lr=cfg.lr / 10)
+                f1_2, state_2 = _train(model, store, hard, val_idx, targets, losses, stage_cfg,
+                                       epochs=cfg.two_stage_epochs, frozen_emb=frozen, log_rows=rows, stage="hard")
+                if f1_2 >= f1:
+                    f1, state = f1_2, state_2
+                model.load_state_dict(state)
+        if best_overall is None or f1 > best_overall[0]:
+            best_overall = (f1, model, name, params)
+    f1, model, name, params = best_overall
+    info = {"loss": name, "loss_params": params, "val_macro_f1": f1, "class_counts": counts,
+            "n_train": len(train_idx), "n_val": len(val_idx)}
+    save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows)
+    return model, levels, info
+
+
+def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrained, log_rows) -> None:
+    """Write the self-describing model directory (see the module docstring)."""
+    from celler.io import atomic_path
+
+    cells = store.cells
+    sub_to_parent = {}
+    if "parent" in model.levels:
+        pairs = cells.loc[cells["split"] == "train", ["label", "parent"]].dropna().astype(str).drop_duplicates()
+        sub_to_parent = pairs.groupby("label")["parent"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save({"format_version": CLASSIFIER_FORMAT_VERSION, "celler_version": __version__,
+                    "model_config": asdict(model.encoder.config), "levels": model.levels,
+                    "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp / "model.pt")
+        (tmp / "labels.json").write_text(json.dumps({
+            "levels": model.levels, "class_counts": info["class_counts"], "subclass_to_parent": sub_to_parent},
+            indent=1))
+        (tmp / "config.json").write_text(json.dumps({
+            "celler_version": __version__, "finetune": asdict(cfg), "pretrained": str(pretrained) if pretrained else None,
+            "token_store": str(store.path), "chosen": {k: info[k] for k in ("loss", "loss_params", "val_macro_f1",
+                                                                           "n_train", "n_val")}}, indent=1,
+            default=str))
+        shutil.copy(store.path / "vocab.json", tmp / "vocab.json")
+        shutil.copy(store.path / "bin_edges.json", tmp / "bin_edges.json")
+        (tmp / "token_meta.json").write_text(json.dumps(store.meta, indent=1))
+        pd.DataFrame(log_rows).to_csv(tmp / "train_log.csv", index=False)
+
+
+def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, dict]:
+    """A fine-tuned classifier and its labels.json from a model directory; clear errors otherwise."""
+    d = Path(model_dir)
+    for name in ("model.pt", "labels.json", "vocab.json", "config.json"):
+        if not (d / name).exists():
+            msg = f"{d}: missing {name}; is this a Celler fine-tuned model directory (results/<tissue>/model)?"
+            raise CellerError(msg)
+    blob = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    if blob.get("format_version") != CLASSIFIER_FORMAT_VERSION:
+        msg = (f"{d / 'model.pt'}: classifier format {blob.get('format_version')} (celler "
+               f"{blob.get('celler_version')}) is not readable by celler {__version__} (format "
+               f"{CLASSIFIER_FORMAT_VERSION}); re-train the model or install celler {blob.get('celler_version')}")
+        raise CellerError(msg)
+    model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval(), json.loads((d / "labels.json").read_text())
+
+
+def predictions_table(model: CellClassifier, store: TokenStore, indices, cfg: FinetuneConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The common predictions layout (cell, split, level, true, predicted, confidence) and the embeddings."""
+    logits, emb = predict_logits(model, store, indices, cfg)
+    cells = store.cells.iloc[indices]
+    frames = []
+    for level, z in logits.items():
+        prob = torch.softmax(z, 1)
+        conf, pred = prob.max(1)
+        classes = np.asarray(model.levels[level], dtype=object)
+        frames.append(pd.DataFrame({
+            "cell": cells.index, "split": cells["split"].to_numpy(), "level": level,
+            "true": cells[LEVEL_COLUMN[level]].astype(str).to_numpy(), "predicted": classes[pred.numpy()],
+            "confidence": conf.numpy(),
+        }))
+    return pd.concat(frames, ignore_index=True), emb
+
+
+__all__ = ["CellClassifier", "FinetuneConfig", "finetune", "load_classifier", "loss_candidates", "predictions_table"]

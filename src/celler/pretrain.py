@@ -1,0 +1,508 @@
+"""Masked-value pretraining of the Celler encoder on token stores: one training loop, CPU to multi-GPU.
+
+Launch (see ``scripts/pretrain.py``)::
+
+    python scripts/pretrain.py --stores results/tokens/a results/tokens/b --out results/models/x --preset tiny
+    torchrun --standalone --nproc_per_node=4 scripts/pretrain.py --stores ... --out ...     # 4 GPUs, 1 node
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 scripts/pretrain.py ...  # 2 nodes
+
+The corpus is every cell of the stores whose split is not 'test' (``transductive=True`` adds the test cells;
+their labels are never read here). AdamW with linear warm-up then cosine decay, gradient clipping, bf16
+autocast on CUDA only. ``out_dir/checkpoint.pt`` holds everything needed to continue bit-for-bit
+(model, optimiser, scheduler, RNG states, epoch and batch position); ``resume=True`` restores it, and
+SIGTERM (SLURM pre-emption) writes it before the process exits. At the end ``out_dir`` has::
+
+    model.pt            encoder + masked-value head weights, ModelConfig, format and package version
+    config.json         the resolved PretrainConfig and ModelConfig, stores, cell count, transductive flag
+    vocab.json          the vocabulary the gene ids refer to
+    bin_edges.json      the value-bin edges (only when pretrained on one store)
+    train_log.csv       per step: step, epoch, loss, lr, grad_norm, tokens_per_s, cells_per_s, padding
+    training_curve.png  loss and learning rate by step
+    checkpoint.pt       the last resumable state
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from celler import __version__
+from celler.batching import CellDataset, LengthBucketSampler, RandomBatchSampler, collate
+from celler.errors import CellerError
+from celler.model import Encoder, MaskedValueModel, ModelConfig, configure_optimizers, describe, preset
+from celler.tokens import ConcatStore, TokenStore
+from celler.vocab import Vocab
+
+MODEL_FORMAT_VERSION = 1  # bump when model.pt changes incompatibly; load_pretrained refuses other versions
+LOG_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "cells_per_s", "padding"]
+
+
+@dataclass
+class PretrainConfig:
+    # model
+    preset: str = "tiny"  # size, a key of celler.model.PRESETS ('tiny', 'small', 'scgpt-base')
+    model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"dropout": 0.1}
+    # data
+    max_len: int = 256  # tokens per cell incl. <cls>; longer cells get a random gene subset per epoch (scGPT: 1200)
+    mask_ratio: float = 0.15  # share of a cell's gene values hidden and predicted (at least one per cell)
+    transductive: bool = False  # also pretrain on split == 'test' cells (never on their labels)
+    max_cells: int | None = None  # pretrain on a random subset of at most this many cells (None: all)
+    bucket: bool = True  # length-bucketed batches (little padding) instead of random ones
+    bucket_pool: int = 100  # bucketing sorts by length within random pools of this many batches
+    num_workers: int = 0  # DataLoader worker processes; 0 reads in the training process (fine on CPU)
+    # optimisation
+    batch_size: int = 32  # cells per step and process (global batch = batch_size x processes)
+    lr: float = 1e-3  # peak learning rate, reached after warm-up (scGPT-base from scratch: ~1e-4)
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr x min_lr_ratio on the last step
+    warmup_steps: int = 50  # linear warm-up from 0 to lr
+    max_steps: int = 500  # optimiser steps in total (a resumed run continues up to this)
+    weight_decay: float = 0.01  # AdamW decay, on matrices and embeddings only
+    beta1: float = 0.9  # AdamW betas
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    # system and output
+    seed: int = 0  # model init, data order, masking, dropout (rank r uses seed + r for dropout)
+    device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda'; torchrun ranks use cuda:LOCAL_RANK
+    bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
+    checkpoint_every: int = 100  # steps between checkpoints (0: only at the end and on SIGTERM)
+    log_every: int = 1  # steps between train_log.csv rows
+
+    def with_overrides(self, pairs: list[str]) -> PretrainConfig:
+        """A copy with ``key=value`` strings applied (values parsed as JSON, else taken as text).
+
+        Keys are PretrainConfig fields or ModelConfig fields (the latter go into ``model``; a ``model.``
+        prefix is allowed), e.g. ``["max_steps=200", "lr=1e-3", "dropout=0.1"]``.
+        """
+        cfg = PretrainConfig(**{**asdict(self), "model": dict(self.model)})
+        ours = {f.name: f for f in fields(PretrainConfig)}
+        theirs = {f.name: f for f in fields(ModelConfig)}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            key = key.strip().removeprefix("model.")
+            if not sep:
+                msg = f"--set expects key=value, got {pair!r}"
+                raise CellerError(msg)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            if key in ours and key != "model":
+                setattr(cfg, key, _coerce(key, value, ours[key].type))
+            elif key in theirs:
+                cfg.model[key] = _coerce(key, value, theirs[key].type)
+            else:
+                msg = f"unknown setting {key!r}; pretraining has {sorted(ours)} and the model {sorted(theirs)}"
+                raise CellerError(msg)
+        return cfg
+
+
+def _coerce(key: str, value, type_name: str):
+    """``value`` (parsed JSON) as the field's type ('int', 'float | None', ...), or a clear error."""
+    base = type_name.split("|")[0].strip()
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is None and "None" in type_name:
+        return None
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "int" and number and float(value).is_integer():
+        return int(value)
+    if base == "float" and number:
+        return float(value)
+    if (base == "str" and isinstance(value, str)) or (base == "dict" and isinstance(value, dict)):
+        return value
+    msg = f"setting {key!r} must be {type_name}, got {value!r}"
+    raise CellerError(msg)
+
+
+@dataclass
+class PretrainResult:
+    out_dir: Path
+    step: int  # optimiser steps done
+    loss: float  # loss of the last step
+    interrupted: bool  # stopped by SIGTERM / the on_step hook; resume to continue
+
+
+def open_stores(paths) -> TokenStore | ConcatStore:
+    """One store, or several read as one (they must share vocabulary and bins)."""
+    stores = [TokenStore(p) for p in paths]
+    return stores[0] if len(stores) == 1 else ConcatStore(stores)
+
+
+def select_cells(store, *, transductive: bool = False, max_cells: int | None = None, seed: int = 0) -> np.ndarray:
+    """Store indices of the pretraining corpus: cells not held out for testing (all when transductive)."""
+    split = store.cells["split"].astype(str).to_numpy()
+    idx = np.arange(len(store)) if transductive else np.flatnonzero(split != "test")
+    if max_cells is not None and len(idx) > max_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_cells, replace=False))
+    if len(idx) == 0:
+        msg = "no cells to pretrain on: every cell has split == 'test' (set transductive=true to use them)"
+        raise CellerError(msg)
+    return idx
+
+
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Multiplier of cfg.lr at ``step``: linear warm-up, then cosine decay to min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _setup_distributed(cfg: PretrainConfig):
+    """DDP when launched by torchrun (RANK set): (ddp, rank, world_size, device); nccl on CUDA, gloo on CPU."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 1, device
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True, rank, world, device
+
+
+class _StopRequest:
+    """Set by SIGTERM (SLURM pre-emption); the loop checks it after each step and checkpoints."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool = False,
+             on_step=None) -> PretrainResult:
+    """Pretrain on the token stores ``stores`` (paths) and write the model directory ``out_dir``.
+
+    ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists (same stores and model settings).
+    ``on_step(step, loss) -> bool`` is called after every step; returning True stops like SIGTERM does
+    (checkpoint, then return with ``interrupted=True``). See the module docstring for the outputs.
+    """
+    cfg = cfg or PretrainConfig()
+    out_dir = Path(out_dir)
+    stores = [str(p) for p in stores]
+    ddp, rank, world, device = _setup_distributed(cfg)
+    is_main = rank == 0
+    try:
+        store = open_stores(stores)
+        indices = select_cells(store, transductive=cfg.transductive, max_cells=cfg.max_cells, seed=cfg.seed)
+        vocab = store.vocab()
+        mcfg = preset(cfg.preset, **{**cfg.model, "vocab_size": len(vocab), "n_bins": store.n_bins,
+                                     "pad_id": vocab.pad_id, "cls_id": vocab.cls_id})
+        torch.manual_seed(cfg.seed)
+        model = MaskedValueModel(mcfg).to(device)
+        optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         betas=(cfg.beta1, cfg.beta2), device_type=device.type)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg=cfg))
+        dataset = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=cfg.mask_ratio, seed=cfg.seed)
+        sampler_kwargs = {"seed": cfg.seed, "rank": rank, "world_size": world}
+        sampler = (LengthBucketSampler(dataset.lengths, cfg.batch_size, pool_batches=cfg.bucket_pool, **sampler_kwargs)
+                   if cfg.bucket else RandomBatchSampler(dataset.lengths, cfg.batch_size, **sampler_kwargs))
+        if len(sampler) == 0:
+            msg = f"{len(indices)} cells make no batch of {cfg.batch_size} for each of {world} processes"
+            raise CellerError(msg)
+        torch.manual_seed(cfg.seed + rank)  # dropout differs between ranks
+        step, epoch, batch_in_epoch = 0, 0, 0
+        ckpt_path = out_dir / "checkpoint.pt"
+        if resume and ckpt_path.exists():
+            step, epoch, batch_in_epoch = _load_checkpoint(ckpt_path, model, optimizer, scheduler, cfg, mcfg, stores,
+                                                           len(indices), rank)
+        if is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            print(f"pretraining {describe(mcfg)} on {len(indices)} cells of {len(stores)} store(s) "
+                  f"(transductive: {cfg.transductive}), {world} process(es) on {device}, from step {step}", flush=True)
+        raw_model = model
+        if ddp:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=mcfg.pad_id),
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator())  # own generator: the global RNG stays for dropout
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
+                    else nullcontext())
+        log = _CsvLog(out_dir / "train_log.csv", keep_until=step) if is_main else None
+        bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", unit="step", disable=not is_main,
+                   mininterval=2)
+
+        def save():
+            if is_main:
+                _save_checkpoint(ckpt_path, raw_model, optimizer, scheduler, cfg, mcfg, stores, len(indices),
+                                 step=step, epoch=epoch, batch_in_epoch=batch_in_epoch)
+
+        loss_value, stopping = float("nan"), False
+        model.train()
+        with _StopRequest() as stop:
+            while step < cfg.max_steps and not stopping:
+                sampler.set_epoch(epoch, start=batch_in_epoch)
+                dataset.set_epoch(epoch)
+                t0 = time.perf_counter()
+                for batch in loader:
+                    pad = batch["padding_mask"]
+                    n_tokens, n_cells, padding = float((~pad).sum()), float(len(pad)), float(pad.float().mean())
+                    genes, values, targets = (batch[k].to(device, non_blocking=True)
+                                              for k in ("genes", "values", "targets"))
+                    pad = pad.to(device, non_blocking=True) if pad.any() else None  # no padding: flash attention
+                    with autocast:
+                        _, loss = model(genes, values, pad, targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                                 if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+                    optimizer.step()
+                    scheduler.step()
+                    step, batch_in_epoch = step + 1, batch_in_epoch + 1
+                    hook_stop = bool(on_step and on_step(step, float(loss.detach())))
+                    wants_stop = hook_stop or stop.requested
+                    stats = torch.tensor([float(loss.detach()), n_tokens, n_cells, padding, float(wants_stop)],
+                                         device=device)
+                    if ddp:  # sum over ranks: mean loss / padding below, totals for throughput, stop if any rank stops
+                        dist.all_reduce(stats)
+                    loss_value, n_tokens, n_cells, padding, n_stop = stats.tolist()
+                    loss_value, padding, stopping = loss_value / world, padding / world, n_stop > 0
+                    dt = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                        log.write([step, epoch, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
+                                   n_tokens / dt, n_cells / dt, padding])
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                    if stopping or step >= cfg.max_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                        save()
+                    if stopping or step >= cfg.max_steps:
+                        break
+                else:  # the epoch ran out: next one
+                    epoch, batch_in_epoch = epoch + 1, 0
+        bar.close()
+        if log is not None:
+            log.close()
+        if is_main and not stopping:
+            if not ckpt_path.exists():  # no step was run (max_steps reached already)
+                save()
+            _write_outputs(out_dir, raw_model, mcfg, cfg, vocab, store, stores, len(indices), step, loss_value)
+        if ddp:
+            dist.barrier()
+        return PretrainResult(out_dir=out_dir, step=step, loss=loss_value, interrupted=stopping)
+    finally:
+        if ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _CsvLog:
+    """Appends rows to train_log.csv; on resume keeps the rows up to the checkpoint's step."""
+
+    def __init__(self, path: Path, keep_until: int):
+        kept = []
+        if keep_until > 0 and path.exists():
+            kept = [line for line in path.read_text().splitlines()[1:] if line and int(line.split(",")[0]) <= keep_until]
+        path.write_text("\n".join([",".join(LOG_COLUMNS), *kept]) + "\n")
+        self._f = path.open("a")
+
+    def write(self, row) -> None:
+        self._f.write(",".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in row) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, stores, n_cells, *, step, epoch, batch_in_epoch):
+    _atomic_save({
+        "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "config": asdict(cfg), "model_config": asdict(mcfg), "stores": stores, "n_cells": n_cells,
+    }, path)
+
+
+def _load_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, stores, n_cells, rank):
+    ck = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds numpy RNG state
+    if ck.get("format_version") != MODEL_FORMAT_VERSION:
+        msg = (f"{path}: checkpoint format {ck.get('format_version')} (celler {ck.get('celler_version')}) is not "
+               f"{MODEL_FORMAT_VERSION}; delete it to start over")
+        raise CellerError(msg)
+    if ck["model_config"] != asdict(mcfg):
+        changed = sorted(k for k, v in asdict(mcfg).items() if ck["model_config"].get(k) != v)
+        msg = f"{path}: written for a different model (changed: {changed}); use the same settings or delete it"
+        raise CellerError(msg)
+    if ck["stores"] != stores or ck["n_cells"] != n_cells:
+        msg = f"{path}: written for other data ({ck['stores']}, {ck['n_cells']} cells); delete it to start over"
+        raise CellerError(msg)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if rank == 0:  # other ranks keep their own dropout stream
+        torch.set_rng_state(ck["rng"]["torch"])
+        np.random.set_state(ck["rng"]["numpy"])
+        random.setstate(ck["rng"]["python"])
+        if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+    else:
+        torch.manual_seed(cfg.seed + rank + 1000 * ck["step"])
+    return ck["step"], ck["epoch"], ck["batch_in_epoch"]
+
+
+def _write_outputs(out_dir, model, mcfg, cfg, vocab, store, stores, n_cells, step, loss):
+    _atomic_save({
+        "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
+        "model_config": asdict(mcfg), "vocab_size": len(vocab),
+        "encoder": model.encoder.state_dict(), "masked_value_head": model.head.state_dict(),
+    }, out_dir / "model.pt")
+    (out_dir / "config.json").write_text(json.dumps({
+        "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
+        "pretrain": asdict(cfg), "model": asdict(mcfg), "stores": stores, "n_cells": n_cells,
+        "transductive": cfg.transductive, "steps": step, "final_loss": loss,
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }, indent=1))
+    vocab.save(out_dir / "vocab.json")
+    if len(stores) == 1:
+        shutil.copyfile(Path(stores[0]) / "bin_edges.json", out_dir / "bin_edges.json")
+    plot_training_curve(out_dir / "train_log.csv", out_dir / "training_curve.png")
+
+
+def plot_training_curve(log_csv, out_png) -> None:
+    """Masked-value loss (raw and smoothed) and learning rate against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    log = pd.read_csv(log_csv)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(log["step"], log["loss"], color="0.75", lw=0.8, label="loss")
+    ax.plot(log["step"], log["loss"].ewm(alpha=0.05).mean(), color="C0", lw=1.5, label="smoothed")
+    ax.set_xlabel("step")
+    ax.set_ylabel("masked-value cross-entropy")
+    ax2 = ax.twinx()
+    ax2.plot(log["step"], log["lr"], color="C1", lw=1, ls="--")
+    ax2.set_ylabel("learning rate", color="C1")
+    ax.legend(loc="upper right", frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+
+def load_pretrained(model_dir, *, device: str = "cpu") -> tuple[Encoder, ModelConfig, Vocab]:
+    """The pretrained encoder, its config and vocabulary from a Celler model directory (``model.pt``) or a
+    scGPT one (``args.json``, ``vocab.json``, ``best_model.pt``; see :mod:`celler.scgpt`)."""
+    d = Path(model_dir)
+    if not (d / "model.pt").exists():
+        if (d / "best_model.pt").exists() and (d / "args.json").exists():
+            from celler.scgpt import load_scgpt
+
+            encoder, mcfg, vocab = load_scgpt(d)
+            return encoder.to(device), mcfg, vocab
+        msg = f"{d}: not a model directory (no model.pt, and no scGPT args.json + best_model.pt)"
+        raise CellerError(msg)
+    blob = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format_version") != MODEL_FORMAT_VERSION:
+        found = blob.get("format_version") if isinstance(blob, dict) else None
+        by = blob.get("celler_version") if isinstance(blob, dict) else "unknown"
+        msg = (f"{d / 'model.pt'}: model format {found} (written by celler {by}) cannot be read by celler "
+               f"{__version__} (format {MODEL_FORMAT_VERSION}); re-run pretraining or install celler {by}")
+        raise CellerError(msg)
+    try:
+        mcfg = ModelConfig(**blob["model_config"])
+    except TypeError as e:
+        msg = f"{d / 'model.pt'}: model settings not understood by celler {__version__} ({e})"
+        raise CellerError(msg) from e
+    vocab = Vocab.load(d / "vocab.json")
+    if len(vocab) != mcfg.vocab_size:
+        msg = f"{d}: vocab.json has {len(vocab)} tokens but the model's gene embedding has {mcfg.vocab_size} rows"
+        raise CellerError(msg)
+    encoder = Encoder(mcfg)
+    encoder.load_state_dict(blob["encoder"])
+    return encoder.to(device), mcfg, vocab
+
+
+@torch.no_grad()
+def embed(model_dir, store, *, batch_size: int = 64, max_len: int | None = None, device: str = "auto",
+          indices=None) -> np.ndarray:
+    """Cell embeddings (the <cls> output, float32, n_cells x d_model, in store order) of ``store``.
+
+    ``store`` is a path or a TokenStore / ConcatStore; ``indices`` picks cells (default all).
+    ``max_len`` defaults to the model's pretraining max_len (1200 for scGPT models); longer cells get a
+    fixed random subset of genes. The workflow writes the result to ``adata.obsm["X_celler"]``.
+    """
+    store = TokenStore(store) if isinstance(store, (str, Path)) else store
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    encoder, mcfg, vocab = load_pretrained(model_dir, device=dev)
+    check_vocab(store.vocab(), vocab, what=f"model {model_dir}")
+    if store.n_bins != mcfg.n_bins:
+        msg = f"the token store has {store.n_bins} value bins but model {model_dir} was trained with {mcfg.n_bins}"
+        raise CellerError(msg)
+    if max_len is None:
+        config = Path(model_dir) / "config.json"
+        max_len = json.loads(config.read_text())["pretrain"]["max_len"] if config.exists() else 1200
+    dataset = CellDataset(store, indices, max_len=max_len, mask_ratio=0.0)
+    batches = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=partial(collate, pad_id=mcfg.pad_id))
+    encoder.eval()
+    out = np.zeros((len(dataset), mcfg.d_model), np.float32)
+    position = {int(c): i for i, c in enumerate(dataset.indices)}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    for batch in tqdm(loader, desc="embed", unit="batch", mininterval=5):
+        pad = batch["padding_mask"]
+        with autocast:
+            emb = encoder.cell_embedding(batch["genes"].to(dev), batch["values"].to(dev),
+                                         pad.to(dev) if pad.any() else None)
+        out[[position[int(c)] for c in batch["index"]]] = emb.float().cpu().numpy()
+    return out
+
+
+def check_vocab(data: Vocab, model: Vocab, *, what: str) -> None:
+    """Raise unless token ids of ``data`` mean the same genes as in ``model``."""
+    if data.tokens == model.tokens:
+        return
+    n = min(len(data), len(model))
+    if data.tokens[:n] == model.tokens[:n] and len(data) > len(model):
+        msg = (f"the token store uses an extended vocabulary ({len(data) - len(model)} genes beyond the "
+               f"{len(model)} of {what}); fine-tune with resize_token_embeddings, or tokenize with vocab mode 'match'")
+    else:
+        first = next((i for i in range(n) if data.tokens[i] != model.tokens[i]), n)
+        msg = (f"the token store's vocabulary differs from that of {what} (id {first}: "
+               f"{data.tokens[first] if first < len(data) else None!r} vs "
+               f"{model.tokens[first] if first < len(model) else None!r}); tokenize with the model's vocab.json")
+    raise CellerError(msg)
+
+
+__all__ = [
+    "PretrainConfig", "PretrainResult", "check_vocab", "embed", "load_pretrained", "lr_factor", "open_stores",
+    "plot_training_curve", "pretrain", "select_cells",
+]

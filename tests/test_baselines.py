@@ -1,0 +1,187 @@
+"""Baselines on real data (scClassify pancreas: Wang -> Xin), the table contract, determinism and errors."""
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from celler.baselines import BASELINES, PRED_COLUMNS, baseline_params, run_baseline
+from celler.baselines.actinn import actinn_transform, filter_genes
+from celler.baselines.singlecellnet import classy_genes, random_profiles
+from celler.errors import CellerError
+from celler.metrics import evaluate
+
+DATA = Path(__file__).resolve().parents[1] / "resources" / "data"
+PARENT = {"alpha": "endocrine", "beta": "endocrine", "gamma": "endocrine", "delta": "endocrine",
+          "ductal": "exocrine", "acinar": "exocrine", "stellate": "mesenchymal"}
+
+# Wang -> Xin macro-F1 floors: FACTS.md's reference (3 seeds) or our measured value, minus a margin
+FLOORS = {
+    "celltypist": 0.95,  # reference 0.985, measured 0.985
+    "celltypist_majority": 0.95,  # measured 0.990
+    "logreg": 0.93,  # reference 0.969, measured 0.985
+    "actinn": 0.90,  # reference 0.954 (lr 1e-3), measured 0.975
+    "knn": 0.75,  # reference 0.790, measured 0.971
+    "singlecellnet": 0.85,  # measured 0.935
+}
+
+
+@pytest.fixture(scope="module")
+def pancreas() -> ad.AnnData:
+    """The expr.h5ad contract built from Wang (train) and Xin (test) on Wang's 219 genes."""
+    wang = ad.read_h5ad(DATA / "pancreas_wang_scclassify.h5ad")
+    xin = ad.read_h5ad(DATA / "pancreas_xin_scclassify.h5ad")
+    xin = xin[:, wang.var_names]
+    a = ad.concat([wang, xin], join="inner")
+    x = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+    a.X = sp.csr_matrix(np.expm1(x), dtype=np.float32)  # shipped log values -> normalise to 1e4 -> log1p
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    a.obs["celler_label"] = a.obs["celltype"].astype(str)
+    a.obs["celler_parent"] = a.obs["celler_label"].map(PARENT)
+    a.obs["celler_split"] = np.where(a.obs["batch"] == "wang", "train", "test")
+    a.obs["celler_batch"] = a.obs["batch"].astype(str)
+    return a
+
+
+@pytest.fixture(scope="module")
+def flat(pancreas) -> ad.AnnData:
+    """One level only (no parent column)."""
+    a = pancreas.copy()
+    del a.obs["celler_parent"]
+    return a
+
+
+@pytest.fixture(scope="module")
+def train_counts(pancreas) -> pd.Series:
+    return pancreas.obs.loc[pancreas.obs["celler_split"] == "train", "celler_label"].value_counts()
+
+
+@pytest.fixture(scope="module")
+def predictions(flat) -> dict:
+    return {}
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_baseline_beats_reference_floor_on_wang_to_xin(name, flat, train_counts, predictions):
+    pred = run_baseline(name, flat, seed=0)
+    predictions[name] = pred
+    assert list(pred.columns) == PRED_COLUMNS
+    assert len(pred) == int((flat.obs["celler_split"] == "test").sum()) == 674
+    assert set(pred["level"]) == {"subclass"}
+    assert pred["cell"].tolist() == flat.obs_names[flat.obs["celler_split"] == "test"].tolist()
+    assert pred["confidence"].between(0, 1).all()
+    res = evaluate(pred, train_counts)
+    assert res["n_open"] == 0
+    assert res["macro_f1"] >= FLOORS[name], f"{name}: macro-F1 {res['macro_f1']:.3f}"
+    assert res["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_baseline_is_deterministic_for_a_seed(name, flat, predictions):
+    first = predictions.get(name)
+    if first is None:
+        first = run_baseline(name, flat, seed=0)
+    again = run_baseline(name, flat, seed=0)
+    pd.testing.assert_frame_equal(first, again)
+
+
+@pytest.mark.parametrize("name", ["actinn", "singlecellnet"])
+def test_seed_changes_stochastic_baselines(name, flat, predictions):
+    first = predictions.get(name)
+    if first is None:
+        first = run_baseline(name, flat, seed=0)
+    other = run_baseline(name, flat, seed=1)
+    assert not np.allclose(first["confidence"], other["confidence"])
+
+
+def test_two_levels_when_parent_exists(pancreas):
+    pred = run_baseline("logreg", pancreas, seed=0)
+    assert pred.groupby("level").size().to_dict() == {"parent": 674, "subclass": 674}
+    par = pred[pred["level"] == "parent"]
+    assert set(par["true"]) == {"endocrine"}
+    tc = pancreas.obs.loc[pancreas.obs["celler_split"] == "train", "celler_parent"].value_counts()
+    assert evaluate(pred, tc, level="parent")["accuracy"] > 0.95
+
+
+def test_unseen_class_stays_in_table_as_open_set(flat):
+    """Drop delta from training: its Xin cells are kept, predicted as something else, reported as open-set."""
+    a = flat[~((flat.obs["celler_split"] == "train") & (flat.obs["celler_label"] == "delta"))].copy()
+    pred = run_baseline("logreg", a, seed=0)
+    assert len(pred) == 674
+    tc = a.obs.loc[a.obs["celler_split"] == "train", "celler_label"].value_counts()
+    res = evaluate(pred, tc)
+    n_delta = int((a.obs.loc[a.obs["celler_split"] == "test", "celler_label"] == "delta").sum())
+    assert res["n_open"] == n_delta == 49
+    assert res["open_set"]["classes"] == {"delta": 49}
+    assert "delta" not in set(pred["predicted"])
+    assert res["open_set"]["predicted_as"].to_numpy().sum() == 49
+    assert res["n_closed"] == 674 - 49
+    assert "delta" not in res["per_class"].index
+
+
+def test_celltypist_majority_on_small_data(flat):
+    test_idx = np.flatnonzero(flat.obs["celler_split"] == "test")
+    keep = np.concatenate([np.flatnonzero(flat.obs["celler_split"] == "train"), test_idx[::12]])  # 57 test cells
+    small = flat[keep].copy()
+    pred = run_baseline("celltypist_majority", small, seed=0)
+    assert len(pred) == 57
+    assert (pred["true"] == pred["predicted"]).mean() > 0.85
+    tiny = flat[np.concatenate([keep[:-57], test_idx[:30]])].copy()  # <= 50 cells: celltypist skips the vote
+    assert len(run_baseline("celltypist_majority", tiny, seed=0)) == 30
+
+
+def test_actinn_preprocessing():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(0.5, 2.0, 300), size=(200, 300)).astype(float)
+    counts[:, 0] = 0  # never expressed
+    counts[:, 1] = 500  # by far the highest total
+    x = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    z = actinn_transform(x.astype(np.float32))
+    np.testing.assert_allclose((2.0 ** z.astype(np.float64) - 1).sum(1), 1e4, rtol=1e-4)
+    keep = filter_genes(z)
+    assert not keep[0] and not keep[1]
+    assert 0.9 < keep.mean() < 0.99  # ~1% cut at each of four tails
+
+
+def test_singlecellnet_parts():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    x = rng.random((90, 40)).astype(np.float32)
+    x[y == 1, 7] += 5  # planted marker of class 1
+    genes = classy_genes(x, y, 3, n_top=3)
+    assert 7 in genes[1]
+    feat = (rng.random((50, 20)) < 0.3).astype(np.uint8)
+    rand = random_profiles(feat, 40, np.random.default_rng(1))
+    assert rand.shape == (40, 20)
+    assert set(np.unique(rand)) <= {0, 1}
+    np.testing.assert_array_equal(rand, random_profiles(feat, 40, np.random.default_rng(1)))
+
+
+def test_errors_name_the_problem(flat):
+    with pytest.raises(CellerError, match="unknown baseline 'svm'"):
+        run_baseline("svm", flat)
+    with pytest.raises(CellerError, match="no parameter n_trees"):
+        run_baseline("logreg", flat, n_trees=3)
+    assert "n_trees" in baseline_params("singlecellnet")
+    raw = flat.copy()
+    raw.X = sp.csr_matrix(np.expm1(raw.X.toarray()))
+    with pytest.raises(CellerError, match="not log1p of counts normalised to 10,000"):
+        run_baseline("celltypist", raw)
+    nosplit = flat.copy()
+    del nosplit.obs["celler_split"]
+    with pytest.raises(CellerError, match="'celler_split' not found"):
+        run_baseline("knn", nosplit)
+    alltrain = flat.copy()
+    alltrain.obs["celler_split"] = "train"
+    with pytest.raises(CellerError, match="no 'test' cells"):
+        run_baseline("knn", alltrain)
+    onecls = flat.copy()
+    onecls.obs["celler_label"] = "alpha"
+    with pytest.raises(CellerError, match="fewer than two classes"):
+        run_baseline("knn", onecls)

@@ -1,0 +1,157 @@
+"""Pretraining: the loss falls on real cells, resume is exact, SIGTERM checkpoints, DDP (gloo) runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from celler.errors import CellerError
+from celler.model import Encoder
+from celler.pretrain import (
+    PretrainConfig,
+    check_vocab,
+    embed,
+    load_pretrained,
+    lr_factor,
+    pretrain,
+    select_cells,
+)
+from celler.tokens import TokenStore
+from celler.vocab import Vocab
+
+ROOT = Path(__file__).resolve().parents[1]
+# a few seconds on 2 CPU cores: 40 cells per epoch, short sequences
+QUICK = PretrainConfig(preset="tiny", max_len=64, batch_size=8, max_cells=40, lr=3e-3, warmup_steps=2,
+                       checkpoint_every=0, model={"dropout": 0.1})
+
+
+def test_loss_falls_on_real_cells(pbmc3k_tokens, tmp_path):
+    cfg = PretrainConfig(preset="tiny", max_len=128, batch_size=16, max_steps=60, lr=3e-3, warmup_steps=5,
+                         checkpoint_every=0)
+    result = pretrain([pbmc3k_tokens], tmp_path / "m", cfg)
+    log = pd.read_csv(tmp_path / "m" / "train_log.csv")
+    assert list(log["step"]) == list(range(1, 61)) and not result.interrupted
+    first, last = log["loss"][:5].mean(), log["loss"][-5:].mean()
+    assert first > 3.7  # ~ln(50) at the start
+    assert last < first - 0.3, (first, last)
+    assert (log["tokens_per_s"] > 0).all() and log["lr"].max() == pytest.approx(3e-3, rel=0.05)
+    out = tmp_path / "m"
+    for name in ("model.pt", "config.json", "vocab.json", "bin_edges.json", "train_log.csv", "training_curve.png",
+                 "checkpoint.pt"):
+        assert (out / name).exists(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["transductive"] is False and config["n_cells"] == 2700 and config["pretrain"]["max_steps"] == 60
+
+    # the pretrained encoder and cell embeddings
+    encoder, mcfg, vocab = load_pretrained(out)
+    assert isinstance(encoder, Encoder) and mcfg.vocab_size == len(vocab) == 60697
+    emb = embed(out, pbmc3k_tokens, batch_size=64, max_len=128)
+    assert emb.shape == (2700, 64) and emb.dtype == np.float32 and np.isfinite(emb).all()
+    some = embed(out, TokenStore(pbmc3k_tokens), indices=[7, 3, 2000], max_len=128)
+    np.testing.assert_allclose(some, emb[[7, 3, 2000]], atol=1e-5)
+    assert np.linalg.norm(emb[0] - emb[1]) > 1e-3  # cells differ
+
+
+def test_resume_after_kill_equals_straight_run(pbmc3k_tokens, tmp_path):
+    n = 4  # 40 cells / 8 = 5 batches per epoch, so the resumed half crosses an epoch boundary
+    straight = pretrain([pbmc3k_tokens], tmp_path / "straight", QUICK.with_overrides([f"max_steps={2 * n}"]))
+
+    def kill_at_n(step, loss):  # SLURM pre-emption: SIGTERM to ourselves after step n
+        if step == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+    cfg = QUICK.with_overrides([f"max_steps={2 * n}"])
+    first = pretrain([pbmc3k_tokens], tmp_path / "resumed", cfg, on_step=kill_at_n)
+    assert first.interrupted and first.step == n
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "model.pt").exists()
+    second = pretrain([pbmc3k_tokens], tmp_path / "resumed", cfg, resume=True)
+    assert not second.interrupted and second.step == 2 * n
+
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for part in ("encoder", "masked_value_head"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], atol=1e-6, rtol=1e-5, msg=k)
+    la = pd.read_csv(tmp_path / "straight" / "train_log.csv")
+    lb = pd.read_csv(tmp_path / "resumed" / "train_log.csv")
+    np.testing.assert_allclose(la["loss"], lb["loss"], rtol=1e-5)
+    assert list(lb["epoch"]) == [0] * 5 + [1] * 3
+    assert straight.loss == pytest.approx(second.loss, rel=1e-5)
+
+
+def test_resume_refuses_a_different_model(pbmc3k_tokens, tmp_path):
+    cfg = QUICK.with_overrides(["max_steps=1"])
+    pretrain([pbmc3k_tokens], tmp_path, cfg)
+    with pytest.raises(CellerError, match="different model"):
+        pretrain([pbmc3k_tokens], tmp_path, cfg.with_overrides(["d_model=32"]), resume=True)
+
+
+def test_load_pretrained_checks_format(pbmc3k_tokens, tmp_path):
+    pretrain([pbmc3k_tokens], tmp_path, QUICK.with_overrides(["max_steps=1"]))
+    blob = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.save({**blob, "format_version": 99, "celler_version": "9.0"}, tmp_path / "model.pt")
+    with pytest.raises(CellerError, match=r"model format 99 \(written by celler 9.0\)"):
+        load_pretrained(tmp_path)
+    with pytest.raises(CellerError, match="not a model directory"):
+        load_pretrained(tmp_path / "nothing")
+
+
+def test_corpus_leaves_out_test_cells_unless_transductive():
+    class Store:
+        cells = pd.DataFrame({"split": ["train", "test", np.nan, "train", "test"]})
+
+        def __len__(self):
+            return 5
+
+    assert select_cells(Store()).tolist() == [0, 2, 3]
+    assert select_cells(Store(), transductive=True).tolist() == [0, 1, 2, 3, 4]
+    assert len(select_cells(Store(), transductive=True, max_cells=2)) == 2
+
+
+def test_overrides_and_schedule():
+    cfg = PretrainConfig().with_overrides(["max_steps=200", "lr=1e-3", "dropout=0.1", "model.d_model=32",
+                                          "transductive=true", "max_cells=null", "device=cpu"])
+    assert (cfg.max_steps, cfg.lr, cfg.transductive, cfg.device) == (200, 1e-3, True, "cpu")
+    assert cfg.model == {"dropout": 0.1, "d_model": 32} and PretrainConfig().model == {}
+    for bad in (["max_steps=1.5"], ["lr=fast"], ["nope=1"], ["max_steps"]):
+        with pytest.raises(CellerError):
+            PretrainConfig().with_overrides(bad)
+    cfg = PretrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(1 / 11) and lr_factor(9, cfg) == pytest.approx(10 / 11)
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(60, cfg) == pytest.approx(0.55)
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+
+
+def test_vocabulary_mismatch_is_explained():
+    v = Vocab({"A": 0, "B": 1})
+    check_vocab(v, Vocab({"A": 0, "B": 1}), what="m")
+    with pytest.raises(CellerError, match="extended vocabulary"):
+        check_vocab(v.extended(["C"]), v, what="m")
+    with pytest.raises(CellerError, match="differs"):
+        check_vocab(Vocab({"B": 0, "A": 1}), v, what="m")
+
+
+def test_ddp_two_processes_with_gloo(pbmc3k_tokens, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "scripts" / "pretrain.py"), "--stores", str(pbmc3k_tokens), "--out", str(out),
+           "--preset", "tiny", "--set", "max_steps=4", "--set", "max_len=64", "--set", "batch_size=8",
+           "--set", "max_cells=64", "--set", "device=cpu", "--set", "checkpoint_every=2"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log["step"]) == [1, 2, 3, 4]  # one writer: rank 0
+    assert (log["cells_per_s"] > 0).all()
+    encoder, _, _ = load_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in encoder.parameters())
