@@ -16,8 +16,15 @@ from celler.errors import CellerError
 from celler.metrics import evaluate
 
 DATA = Path(__file__).resolve().parents[1] / "resources" / "data"
-PARENT = {"alpha": "endocrine", "beta": "endocrine", "gamma": "endocrine", "delta": "endocrine",
-          "ductal": "exocrine", "acinar": "exocrine", "stellate": "mesenchymal"}
+PARENT = {
+    "alpha": "endocrine",
+    "beta": "endocrine",
+    "gamma": "endocrine",
+    "delta": "endocrine",
+    "ductal": "exocrine",
+    "acinar": "exocrine",
+    "stellate": "mesenchymal",
+}
 
 # Wang -> Xin macro-F1 floors: FACTS.md's reference (3 seeds) or our measured value, minus a margin
 FLOORS = {
@@ -63,7 +70,7 @@ def train_counts(pancreas) -> pd.Series:
 
 
 @pytest.fixture(scope="module")
-def predictions(flat) -> dict:
+def predictions() -> dict:
     return {}
 
 
@@ -127,7 +134,9 @@ def test_unseen_class_stays_in_table_as_open_set(flat):
 
 def test_celltypist_majority_on_small_data(flat):
     test_idx = np.flatnonzero(flat.obs["celler_split"] == "test")
-    keep = np.concatenate([np.flatnonzero(flat.obs["celler_split"] == "train"), test_idx[::12]])  # 57 test cells
+    keep = np.concatenate(
+        [np.flatnonzero(flat.obs["celler_split"] == "train"), test_idx[::12]]
+    )  # 57 test cells
     small = flat[keep].copy()
     pred = run_baseline("celltypist_majority", small, seed=0)
     assert len(pred) == 57
@@ -145,7 +154,8 @@ def test_actinn_preprocessing():
     z = actinn_transform(x.astype(np.float32))
     np.testing.assert_allclose((2.0 ** z.astype(np.float64) - 1).sum(1), 1e4, rtol=1e-4)
     keep = filter_genes(z)
-    assert not keep[0] and not keep[1]
+    assert not keep[0]
+    assert not keep[1]
     assert 0.9 < keep.mean() < 0.99  # ~1% cut at each of four tails
 
 

@@ -34,8 +34,16 @@ TRAIN = pd.Series({"A": 500, "B": 300, "C": 150, "D": 20, "E": 30})  # D 2.0%, E
 
 def table(true, pred, level="subclass"):
     n = len(true)
-    return pd.DataFrame({"cell": [f"c{i}" for i in range(n)], "split": "test", "level": level,
-                         "true": true, "predicted": pred, "confidence": np.linspace(0, 1, n)})
+    return pd.DataFrame(
+        {
+            "cell": [f"c{i}" for i in range(n)],
+            "split": "test",
+            "level": level,
+            "true": true,
+            "predicted": pred,
+            "confidence": np.linspace(0, 1, n),
+        }
+    )
 
 
 def test_closed_set_metrics_equal_sklearn():
@@ -45,9 +53,12 @@ def test_closed_set_metrics_equal_sklearn():
     assert res["accuracy"] == pytest.approx(accuracy_score(TRUE, PRED))
     assert res["macro_precision"] == pytest.approx(p.mean())
     assert res["macro_recall"] == pytest.approx(r.mean())
-    assert res["macro_f1"] == pytest.approx(f1_score(TRUE, PRED, labels=labels, average="macro", zero_division=0))
+    assert res["macro_f1"] == pytest.approx(
+        f1_score(TRUE, PRED, labels=labels, average="macro", zero_division=0)
+    )
     assert res["weighted_f1"] == pytest.approx(
-        f1_score(TRUE, PRED, labels=labels, average="weighted", zero_division=0))
+        f1_score(TRUE, PRED, labels=labels, average="weighted", zero_division=0)
+    )
     with warnings.catch_warnings():  # sklearn warns about 'Z' (predicted, never true); the value is the same
         warnings.simplefilter("ignore")
         assert res["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(TRUE, PRED))
@@ -75,13 +86,16 @@ def test_open_set_cells_are_reported_separately():
     pred = [*PRED, "A", "A", "B"]
     res = evaluate(table(true, pred), TRAIN)
     closed = evaluate(table(TRUE, PRED), TRAIN)
-    assert res["n_cells"] == len(true) and res["n_closed"] == len(TRUE) and res["n_open"] == 3
+    assert res["n_cells"] == len(true)
+    assert res["n_closed"] == len(TRUE)
+    assert res["n_open"] == 3
     assert res["open_set"]["classes"] == {"NEW": 3}
     assert res["open_set"]["predicted_as"].loc["NEW", "A"] == 2
     assert res["open_set"]["predicted_as"].loc["NEW", "B"] == 1
     for m in SCALAR_METRICS:  # excluded from closed-set metrics, not counted as errors
         assert res[m] == pytest.approx(closed[m], nan_ok=True)
-    assert "NEW" not in res["per_class"].index and "NEW" not in res["confusion"].index
+    assert "NEW" not in res["per_class"].index
+    assert "NEW" not in res["confusion"].index
 
 
 def test_rare_recall_uses_the_threshold():
@@ -111,11 +125,27 @@ def test_levels_and_input_errors():
 
 def _runs():
     rows = []
-    for tissue, method, seed, f in [("pancreas", "celler", 0, 0.9), ("pancreas", "celler", 1, 0.8),
-                                    ("pancreas", "celler", 2, 0.7), ("pancreas", "knn", 0, 0.5)]:
-        rows.append({"dataset": tissue, "tissue": tissue, "level": "subclass", "method": method, "seed": seed,
-                     "loss": "ginf" if method == "celler" else "ce", "macro_f1": f, "macro_precision": f - 0.1,
-                     "macro_recall": f - 0.2, "balanced_accuracy": f - 0.2, "rare_recall": np.nan})
+    for tissue, method, seed, f in [
+        ("pancreas", "celler", 0, 0.9),
+        ("pancreas", "celler", 1, 0.8),
+        ("pancreas", "celler", 2, 0.7),
+        ("pancreas", "knn", 0, 0.5),
+    ]:
+        rows.append(
+            {
+                "dataset": tissue,
+                "tissue": tissue,
+                "level": "subclass",
+                "method": method,
+                "seed": seed,
+                "loss": "ginf" if method == "celler" else "ce",
+                "macro_f1": f,
+                "macro_precision": f - 0.1,
+                "macro_recall": f - 0.2,
+                "balanced_accuracy": f - 0.2,
+                "rare_recall": np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -124,7 +154,8 @@ def test_summarise_mean_std_over_seeds():
     assert s.loc["celler", "macro_f1_mean"] == pytest.approx(0.8)
     assert s.loc["celler", "macro_f1_std"] == pytest.approx(np.std([0.9, 0.8, 0.7], ddof=1))
     assert s.loc["celler", "n_seeds"] == 3
-    assert s.loc["knn", "macro_f1_std"] == 0.0 and s.loc["knn", "n_seeds"] == 1
+    assert s.loc["knn", "macro_f1_std"] == 0.0
+    assert s.loc["knn", "n_seeds"] == 1
     with pytest.raises(CellerError, match="lacks column"):
         summarise(_runs().drop(columns="seed"))
 
@@ -135,11 +166,13 @@ def test_paper_tables_and_writers(tmp_path):
     assert {"precision_mean", "recall_std", "f1_mean", "n_seeds"} <= set(t2.columns)
     assert t2.set_index("method").loc["celler", "f1_mean"] == pytest.approx(0.8)
     t3 = table3(_runs())
-    assert list(t3.columns[:2]) == ["dataset", "method"] and "precision_mean" in t3
+    assert list(t3.columns[:2]) == ["dataset", "method"]
+    assert "precision_mean" in t3
     t4 = table4(_runs())
     assert {"loss", "macro_f1_mean", "balanced_accuracy_std", "rare_recall_mean"} <= set(t4.columns)
     md = to_markdown(t2)
-    assert "0.800 ± 0.100" in md and "|" in md
+    assert "0.800 ± 0.100" in md
+    assert "|" in md
     assert "–" in to_markdown(t4)  # rare recall undefined -> dash, not 'nan ± 0'
     tsv, mdp = write_table(t3, tmp_path / "table3.tsv")
     back = pd.read_csv(tsv, sep="\t")

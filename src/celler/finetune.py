@@ -242,7 +242,7 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
             optimizer.step()
             if scheduler.last_epoch < scheduler.total_steps - 1:
                 scheduler.step()
-            total, n = total + float(loss) * len(idx), n + len(idx)
+            total, n = total + float(loss.detach()) * len(idx), n + len(idx)
         if len(val_idx):
             val_logits, _ = predict_logits(model, store, val_idx, cfg, embeddings=val_emb)
             f1 = {k: macro_f1(targets[k][val_idx], v.argmax(1).numpy()) for k, v in val_logits.items()}

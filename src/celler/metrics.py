@@ -85,9 +85,9 @@ def evaluate(
     """Closed-set and open-set metrics of one prediction table (one level).
 
     ``train_counts`` maps each class to its number of training cells (for this level). Returns a dict with the
-    scalar metrics of :data:`SCALAR_METRICS`, ``n_cells`` / ``n_closed`` / ``n_open``, ``rare_classes`` (list),
-    ``per_class`` (DataFrame: precision, recall, f1, support, train_count, rare; rows = test classes, then
-    classes only predicted), ``confusion`` (DataFrame: true closed-set class x predicted label, counts) and
+    scalar metrics of :data:`SCALAR_METRICS`, ``n_cells`` / ``n_closed`` / ``n_open``, ``rare_classes``
+    (list), ``per_class`` (DataFrame: precision, recall, f1, support, train_count, rare; rows = test classes,
+    then classes only predicted), ``confusion`` (DataFrame: true closed-set class x predicted label) and
     ``open_set`` (dict: ``n_cells``, ``classes`` {class: n}, ``predicted_as`` DataFrame true x predicted).
     """
     pred = _check_pred(pred, level)
@@ -106,9 +106,7 @@ def evaluate(
     open_set = {
         "n_cells": int((~known).sum()),
         "classes": {str(k): int(v) for k, v in pd.Series(o_true).value_counts().sort_index().items()},
-        "predicted_as": pd.crosstab(
-            pd.Series(o_true, name="true"), pd.Series(o_pred, name="predicted")
-        ),
+        "predicted_as": pd.crosstab(pd.Series(o_true, name="true"), pd.Series(o_pred, name="predicted")),
     }
 
     test_classes = sorted(np.unique(y_true))
@@ -135,18 +133,19 @@ def evaluate(
     res["rare_classes"] = rare
     res["per_class"] = table
     cols = test_classes + only_pred
-    res["confusion"] = (
-        pd.crosstab(pd.Categorical(y_true, categories=test_classes), pd.Categorical(y_pred, categories=cols),
-                    dropna=False)
-        .rename_axis(index="true", columns="predicted")
-    )
+    res["confusion"] = pd.crosstab(
+        pd.Categorical(y_true, categories=test_classes), pd.Categorical(y_pred, categories=cols), dropna=False
+    ).rename_axis(index="true", columns="predicted")
     res["open_set"] = open_set
     return res
 
 
 def scalar_row(result: dict) -> dict:
     """The scalar part of an :func:`evaluate` result (one row of a runs table)."""
-    return {m: result[m] for m in SCALAR_METRICS} | {"n_closed": result["n_closed"], "n_open": result["n_open"]}
+    return {m: result[m] for m in SCALAR_METRICS} | {
+        "n_closed": result["n_closed"],
+        "n_open": result["n_open"],
+    }
 
 
 def evaluate_table(
@@ -168,7 +167,9 @@ def evaluate_table(
 # ----------------------------------------------------------------------------------------------- summaries
 
 
-def summarise(runs: pd.DataFrame, metrics: Iterable[str] | None = None, *, seed_col: str = "seed") -> pd.DataFrame:
+def summarise(
+    runs: pd.DataFrame, metrics: Iterable[str] | None = None, *, seed_col: str = "seed"
+) -> pd.DataFrame:
     """Mean and standard deviation over seeds.
 
     ``runs`` has one row per (method, seed, level, ...) with metric columns. Every non-metric column other
@@ -210,13 +211,16 @@ def _paper_table(runs: pd.DataFrame, keys: list[str], metrics: dict[str, str]) -
         raise CellerError(msg)
     s = summarise(runs[[*keys, "seed", *metrics]], list(metrics))
     s = s.sort_values(keys, kind="stable").reset_index(drop=True)
-    return s.rename(columns={f"{m}_{x}": f"{label}_{x}" for m, label in metrics.items() for x in ("mean", "std")})
+    return s.rename(
+        columns={f"{m}_{x}": f"{label}_{x}" for m, label in metrics.items() for x in ("mean", "std")}
+    )
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
     """Table 2 analogue: tissue x level x method -> macro precision, recall, F1 (mean, std over seeds)."""
     return _paper_table(
-        runs, ["tissue", "level", "method"],
+        runs,
+        ["tissue", "level", "method"],
         {"macro_precision": "precision", "macro_recall": "recall", "macro_f1": "f1"},
     )
 
@@ -227,13 +231,14 @@ def table3(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table4(runs: pd.DataFrame, *, loss_col: str = "loss") -> pd.DataFrame:
-    """Table 4 analogue (loss ablation): [dataset x] [method x] loss -> macro-F1, balanced accuracy, rare recall.
+    """Table 4 analogue (loss ablation): [dataset x] [method x] loss -> macro-F1, balanced acc., rare recall.
 
     ``dataset`` and ``method`` are grouping keys when the runs table has them.
     """
     keys = [c for c in ("dataset", "method") if c in runs.columns] + [loss_col]
     return _paper_table(
-        runs, keys,
+        runs,
+        keys,
         {"macro_f1": "macro_f1", "balanced_accuracy": "balanced_accuracy", "rare_recall": "rare_recall"},
     )
 

@@ -307,7 +307,8 @@ def _init_weights(module: nn.Module) -> None:
 
 def describe(config: ModelConfig) -> str:
     """One line: the size of a model built from ``config``."""
-    n = Encoder(replace(config, vocab_size=1, pad_id=0, cls_id=0)).num_params(non_embedding=True)
+    with torch.device("meta"):  # no memory, and the global RNG is left alone
+        n = Encoder(config).num_params(non_embedding=True)
     return (f"{config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, d_ff {config.d_ff}, "
             f"{n / 1e6:.2f}M non-embedding + {config.vocab_size * config.d_model / 1e6:.2f}M embedding parameters")
 

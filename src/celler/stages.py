@@ -102,3 +102,49 @@ def expression_stage(spec: DatasetSpec, *, cells_path, genes_path, mapping_path,
     adata = export_expression(spec, cells, genes, read_mapping(mapping_path, vocab_path))
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
+
+
+def finetune_config(section: dict):
+    """A FinetuneConfig and the pretrained-model path from the config's ``finetune:`` section."""
+    from dataclasses import fields
+
+    from celler.finetune import FinetuneConfig
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    values = {k: v for k, v in section.items() if k in names}
+    init = str(values.get("init", "pretrained"))
+    if init not in ("pretrained", "scratch"):  # a path to a scGPT (or Celler) model directory
+        values["init"] = "pretrained"
+    return FinetuneConfig(**values), (None if init in ("pretrained", "scratch") else init)
+
+
+def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, embeddings_out, metrics_out,
+                   per_class_out, train_cells=None, rare_fraction: float = 0.03) -> None:
+    """Fine-tune on a tissue's training cells, predict its test cells, and score the predictions."""
+    import numpy as np
+
+    from celler.finetune import finetune, predictions_table
+    from celler.metrics import evaluate
+    from celler.tokens import TokenStore
+
+    model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells)
+    store = TokenStore(store_path)
+    test = np.flatnonzero(store.cells["split"].astype(str).eq("test").to_numpy())
+    pred, emb = predictions_table(model, store, test, cfg)
+    rows, per_class = [], []
+    for level, classes in levels.items():
+        counts = pd.Series(info["class_counts"][level], index=classes)
+        res = evaluate(pred, counts, rare_fraction=rare_fraction, level=level)
+        rows.append({"level": level, **{k: res[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1",
+                                                            "weighted_f1", "balanced_accuracy", "rare_recall",
+                                                            "n_closed", "n_open")}})
+        per_class.append(res["per_class"].assign(level=level))
+        log.info("%s level: macro-F1 %.3f, accuracy %.3f, rare recall %s", level, res["macro_f1"], res["accuracy"],
+                 res["rare_recall"])
+    for out, frame in ((predictions_out, pred), (metrics_out, pd.DataFrame(rows)),
+                       (per_class_out, pd.concat(per_class).rename_axis("class").reset_index())):
+        with atomic_path(out) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(embeddings_out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, cells=np.asarray(store.cells.index[test], dtype=str), embedding=emb)

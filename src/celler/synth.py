@@ -1,4 +1,4 @@
-"""Synthetic long-tailed, multi-tissue, two-level single-cell counts, for scale benchmarks and hierarchy tests.
+"""Synthetic long-tailed, multi-tissue, two-level single-cell counts (scale benchmarks, hierarchy tests).
 
 **Synthetic data: never report it as real data.** Every object carries ``uns["synthetic"] = True``.
 
@@ -36,7 +36,9 @@ import scipy.sparse as sp
 
 from celler.errors import CellerError
 
-DEFAULT_MARKERS = Path(__file__).resolve().parents[2] / "resources" / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
+DEFAULT_MARKERS = (
+    Path(__file__).resolve().parents[2] / "resources" / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
+)
 
 
 def load_panglao(path: str | Path | None = None) -> pd.DataFrame:
@@ -64,7 +66,9 @@ def load_panglao(path: str | Path | None = None) -> pd.DataFrame:
     m["canon"] = m.get("canonical marker", pd.Series(0, index=m.index)).fillna(0)
     m["sens"] = m.get("sensitivity_human", pd.Series(0, index=m.index)).fillna(0)
     m["ubiq"] = m.get("ubiquitousness index", pd.Series(0, index=m.index)).fillna(0)
-    m = m.sort_values(["cell type", "canon", "sens", "ubiq", "gene"], ascending=[True, False, False, True, True])
+    m = m.sort_values(
+        ["cell type", "canon", "sens", "ubiq", "gene"], ascending=[True, False, False, True, True]
+    )
     m = m.drop_duplicates(["cell type", "gene"])
     m["rank"] = m.groupby("cell type").cumcount()
     return m.rename(columns={"cell type": "cell_type"})[["gene", "cell_type", "organ", "rank"]].reset_index(
@@ -159,7 +163,10 @@ def make_synthetic(
         raise CellerError(msg)
     lo, hi = (n_subclasses, n_subclasses) if isinstance(n_subclasses, int) else n_subclasses
     if not 1 <= lo <= hi or n_parents < 1 or lo < n_parents:
-        msg = f"make_synthetic: need n_parents <= n_subclasses, got n_parents={n_parents}, n_subclasses={n_subclasses}"
+        msg = (
+            f"make_synthetic: need n_parents <= n_subclasses, got n_parents={n_parents}, "
+            f"n_subclasses={n_subclasses}"
+        )
         raise CellerError(msg)
     if not 0 < density < 1:
         msg = f"make_synthetic: density must be in (0, 1), got {density}"
@@ -173,7 +180,7 @@ def make_synthetic(
     per_organ = sizes.groupby(level=0).size()
     organs = sorted(per_organ.index[per_organ >= n_parents], key=lambda o: (-per_organ[o], o))
     if len(organs) < n_tissues:
-        msg = f"make_synthetic: only {len(organs)} PanglaoDB organs have {n_parents} cell types; lower n_tissues"
+        msg = f"make_synthetic: {len(organs)} PanglaoDB organs have {n_parents} cell types; lower n_tissues"
         raise CellerError(msg)
     tissues = organs[:n_tissues]
     parents = {
@@ -183,7 +190,7 @@ def make_synthetic(
     # gene list: each parent's top markers, then other human marker symbols at random
     all_genes = np.array(sorted(mk["gene"].unique()))
     if n_genes > len(all_genes):
-        msg = f"make_synthetic: n_genes={n_genes} exceeds the {len(all_genes)} human symbols in the marker table"
+        msg = f"make_synthetic: n_genes={n_genes} exceeds the {len(all_genes)} human marker-table symbols"
         raise CellerError(msg)
     all_parents = [p for t in tissues for p in parents[t]]
     per_parent = max(1, min(markers_per_parent, n_genes // (2 * len(all_parents))))
@@ -192,7 +199,9 @@ def make_synthetic(
         own = [g for g in mk.loc[mk["cell_type"] == p].sort_values("rank")["gene"] if g not in marker_of]
         marker_of.update(dict.fromkeys(own[:per_parent], p))
     rest = np.setdiff1d(all_genes, list(marker_of))
-    genes = np.concatenate([np.array(list(marker_of)), rng.choice(rest, n_genes - len(marker_of), replace=False)])
+    genes = np.concatenate(
+        [np.array(list(marker_of)), rng.choice(rest, n_genes - len(marker_of), replace=False)]
+    )
     gidx = {g: i for i, g in enumerate(genes)}
 
     # subclasses, hierarchy and long-tailed sizes
@@ -250,7 +259,9 @@ def make_synthetic(
         lo_s, hi_s = (mid, hi_s) if _density(mid) < density else (lo_s, mid)
     prof = prof * np.sqrt(lo_s * hi_s)
     # one row per (subclass, batch): a single gather per chunk
-    prof_b = (prof[:, None, :] * batch_fac[None, :, :]).reshape(n_types * n_batches, n_genes).astype(np.float32)
+    prof_b = (
+        (prof[:, None, :] * batch_fac[None, :, :]).reshape(n_types * n_batches, n_genes).astype(np.float32)
+    )
     row_of = types * n_batches + batches
     size32 = size.astype(np.float32)
 
@@ -305,13 +316,24 @@ def make_synthetic(
         },
         index=pd.Index([f"syn{i:07d}" for i in range(n_cells)], name="cell"),
     )
-    var = pd.DataFrame({"marker_of": [marker_of.get(g, "") for g in genes]}, index=pd.Index(genes, name="gene"))
+    var = pd.DataFrame(
+        {"marker_of": [marker_of.get(g, "") for g in genes]}, index=pd.Index(genes, name="gene")
+    )
     out = ad.AnnData(X=x, obs=obs, var=var)
     out.uns["synthetic"] = True
     out.uns["synthetic_params"] = {
-        "n_cells": n_cells, "n_tissues": n_tissues, "n_subclasses": [lo, hi], "n_parents": n_parents,
-        "n_genes": n_genes, "n_batches": n_batches, "density": density, "imbalance": imbalance, "theta": theta,
-        "batch_sd": batch_sd, "seed": seed, "seconds": round(time.perf_counter() - t0, 3),
+        "n_cells": n_cells,
+        "n_tissues": n_tissues,
+        "n_subclasses": [lo, hi],
+        "n_parents": n_parents,
+        "n_genes": n_genes,
+        "n_batches": n_batches,
+        "density": density,
+        "imbalance": imbalance,
+        "theta": theta,
+        "batch_sd": batch_sd,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
     out.uns["hierarchy"] = dict(zip(sub_names, sub_parent, strict=True))
     out.uns["subclass_tissue"] = dict(zip(sub_names, sub_tissue, strict=True))

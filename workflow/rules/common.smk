@@ -1,4 +1,5 @@
 # Shared helpers: config validation, the dataset table, and the final targets.
+import json
 import sys
 
 from snakemake.utils import validate
@@ -25,7 +26,33 @@ def dataset_inputs(wildcards):
     return [str(f.path) for f in DATASETS[wildcards.dataset].inputs]
 
 
+def pretrain_stores():
+    """Token stores pretraining reads: the corpus and every tissue that uses the shared vocabulary."""
+    names = [n for n, d in DATASETS.items() if d.vocab_mode == "match"]
+    return expand("results/{dataset}/tokens", dataset=names)
+
+
+def torch_launcher(gpus):
+    """python for one process; torchrun with one process per GPU for several (multi-node: see README)."""
+    return f"torchrun --standalone --nproc_per_node={gpus}" if int(gpus) > 1 else "python"
+
+
+def pretrain_settings():
+    p = config["pretrain"]
+    keys = ("max_steps", "batch_size", "lr", "warmup_steps", "max_len", "mask_ratio", "transductive",
+            "checkpoint_every")
+    pairs = {k: p[k] for k in keys if k in p} | p.get("settings", {})
+    sets = " ".join(f"--set {k}={json.dumps(v)}" for k, v in pairs.items())
+    return f"--preset {p.get('preset', 'tiny')} {sets}"
+
+
+def pretrained_model():
+    """The pretrained model the fine-tuning starts from (none for scratch or an external scGPT directory)."""
+    return "results/pretrain/model" if config["finetune"].get("init", "pretrained") == "pretrained" else []
+
+
 def get_final_output():
     out = expand("results/{dataset}/tokens", dataset=DATASETS)
     out += expand("results/{tissue}/expr.h5ad", tissue=TISSUES)
+    out += expand("results/{tissue}/celler/metrics.tsv", tissue=TISSUES)
     return out

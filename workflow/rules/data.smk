@@ -77,7 +77,7 @@ rule tokenize:
     conda:
         "../../envs/data.yaml"
     script:
-        "../../scripts/tokenize.py"
+        "../../scripts/tokenize_cells.py"
 
 
 rule expression:

@@ -36,7 +36,9 @@ PRED_COLUMNS = ["cell", "split", "level", "true", "predicted", "confidence"]
 def baseline_params(name: str) -> list[str]:
     """The tunable keyword parameters of a baseline (besides ``label_key`` and ``seed``)."""
     sig = inspect.signature(get_baseline(name))
-    return [p for p, v in sig.parameters.items() if v.kind is v.KEYWORD_ONLY and p not in ("label_key", "seed")]
+    return [
+        p for p, v in sig.parameters.items() if v.kind is v.KEYWORD_ONLY and p not in ("label_key", "seed")
+    ]
 
 
 def get_baseline(name: str) -> Callable[..., pd.DataFrame]:
@@ -67,7 +69,8 @@ def run_baseline(
     fn = get_baseline(name)
     unknown = sorted(set(params) - set(baseline_params(name)))
     if unknown:
-        msg = f"baseline {name!r} has no parameter {', '.join(unknown)} (known: {', '.join(baseline_params(name))})"
+        known = ", ".join(baseline_params(name))
+        msg = f"baseline {name!r} has no parameter {', '.join(unknown)} (known: {known})"
         raise CellerError(msg)
     for col in (split_key, label_key):
         if col not in adata.obs:

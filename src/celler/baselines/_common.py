@@ -25,7 +25,8 @@ def check_log1p_1e4(adata: ad.AnnData, what: str) -> None:
         raise CellerError(msg)
     if lo < 0 or hi > LOG1P_1E4_MAX:
         msg = (
-            f"{what}: expression range [{lo:.3g}, {hi:.3g}] is not log1p of counts normalised to 10,000 per cell "
+            f"{what}: expression range [{lo:.3g}, {hi:.3g}] is not log1p of counts normalised to 10,000 "
+            "per cell "
             f"(expected 0..{LOG1P_1E4_MAX}); use the prepared expr.h5ad, not raw counts or scaled data"
         )
         raise CellerError(msg)
@@ -49,7 +50,8 @@ def train_labels(train: ad.AnnData, label_key: str) -> np.ndarray:
         raise CellerError(msg)
     lab = train.obs[label_key]
     if lab.isna().any():
-        msg = f"obs column {label_key!r}: {int(lab.isna().sum())} training cells have no label; drop or label them"
+        n = int(lab.isna().sum())
+        msg = f"obs column {label_key!r}: {n} training cells have no label; drop or label them"
         raise CellerError(msg)
     y = lab.astype(str).to_numpy()
     if len(np.unique(y)) < 2:
@@ -64,7 +66,7 @@ def dense(x) -> np.ndarray:
 
 
 def output(test: ad.AnnData, predicted, confidence) -> pd.DataFrame:
-    """The common per-baseline result: ``predicted`` (str) and ``confidence`` (float), one row per test cell."""
+    """The per-baseline result: ``predicted`` (str) and ``confidence`` (float), one row per test cell."""
     return pd.DataFrame(
         {"predicted": np.asarray(predicted).astype(str), "confidence": np.asarray(confidence, dtype=float)},
         index=pd.Index(test.obs_names, name="cell"),

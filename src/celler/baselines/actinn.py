@@ -85,14 +85,28 @@ def fit_predict(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny network: one thread is fastest and avoids OpenMP pools fighting
     try:
-        prob = _train_predict(xtr, y, xte, len(classes), seed=seed, lr=lr, epochs=epochs, batch_size=batch_size,
-                              l2=l2, decay_rate=decay_rate, decay_steps=decay_steps, hidden=hidden)
+        prob = _train_predict(
+            xtr,
+            y,
+            xte,
+            len(classes),
+            seed=seed,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            l2=l2,
+            decay_rate=decay_rate,
+            decay_steps=decay_steps,
+            hidden=hidden,
+        )
     finally:
         torch.set_num_threads(threads)
     return output(test, classes[prob.argmax(axis=1)], prob.max(axis=1))
 
 
-def _train_predict(xtr, y, xte, n_classes, *, seed, lr, epochs, batch_size, l2, decay_rate, decay_steps, hidden):
+def _train_predict(
+    xtr, y, xte, n_classes, *, seed, lr, epochs, batch_size, l2, decay_rate, decay_steps, hidden
+):
     """The ACTINN network, trained on (xtr, y); returns the softmax probabilities of xte."""
     import torch
 

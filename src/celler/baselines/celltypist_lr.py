@@ -87,8 +87,15 @@ def fit_predict(
     train, test = align_genes(train, test)
     with _quiet():
         model = _train(
-            train, label_key, seed, C=C, max_iter=max_iter, use_SGD=use_SGD,
-            feature_selection=feature_selection, top_genes=top_genes, n_jobs=n_jobs,
+            train,
+            label_key,
+            seed,
+            C=C,
+            max_iter=max_iter,
+            use_SGD=use_SGD,
+            feature_selection=feature_selection,
+            top_genes=top_genes,
+            n_jobs=n_jobs,
         )
         res = celltypist.annotate(_query(test), model=model, mode="best match")
     pred = res.predicted_labels["predicted_labels"].astype(str).to_numpy()
@@ -124,7 +131,12 @@ def over_cluster(test: ad.AnnData, *, seed: int = 0, resolution: float | None = 
             steps = [(5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20), (200_000, 25)]
             resolution = next((r for n, r in steps if a.n_obs < n), 30)
         sc.tl.leiden(
-            a, resolution=resolution, adjacency=adjacency, flavor="igraph", n_iterations=2, random_state=seed,
+            a,
+            resolution=resolution,
+            adjacency=adjacency,
+            flavor="igraph",
+            n_iterations=2,
+            random_state=seed,
             directed=False,
         )
     return a.obs["leiden"].astype(str).to_numpy()
@@ -159,7 +171,11 @@ def fit_predict_majority(
         else:
             clusters = over_cluster(test, seed=seed, resolution=resolution)
             res = celltypist.annotate(
-                query, model=model, mode="best match", majority_voting=True, over_clustering=clusters,
+                query,
+                model=model,
+                mode="best match",
+                majority_voting=True,
+                over_clustering=clusters,
                 min_prop=min_prop,
             )
             pred = res.predicted_labels["majority_voting"].astype(str).to_numpy()

@@ -1,4 +1,4 @@
-"""k-nearest neighbours on PCA-50 of standardised genes (scaling and PCA fitted on the training cells only)."""
+"""k-nearest neighbours on PCA-50 of standardised genes (scaling and PCA fitted on training cells only)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def fit_predict(
     n_neighbors: int = 15,
     weights: str = "uniform",
 ) -> pd.DataFrame:
-    """Fit on ``train``, predict ``test``; ``confidence`` is the (weighted) share of neighbours voting for it."""
+    """Fit on ``train``, predict ``test``; ``confidence`` is the (weighted) share of neighbours voting so."""
     train, test = align_genes(train, test)
     y = train_labels(train, label_key)
     xtr, xte = embed(dense(train.X), dense(test.X), n_pcs=n_pcs, seed=seed)

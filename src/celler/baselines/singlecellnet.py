@@ -5,8 +5,8 @@ a single baseline. This is a compact re-implementation of the classic SCN recipe
 
 1. **classy genes**: per class, template matching - the Pearson correlation of every gene with the class
    indicator; the ``n_top_genes`` most positively and the ``n_top_genes`` most negatively correlated genes.
-2. **gene pairs**: for every pair of a class's genes, the binary feature ``x[g1] > x[g2]``; pairs are ranked by
-   the difference between the fraction of in-class and out-of-class cells where it holds (oriented so that
+2. **gene pairs**: for every pair of a class's genes, the binary feature ``x[g1] > x[g2]``; pairs are ranked
+   by the difference between the fraction of in-class and out-of-class cells where it holds (oriented so that
    the in-class fraction is the larger), and the top ``n_top_pairs`` per class are kept.
 3. **features**: the union of all classes' pairs, binary per cell (invariant to per-cell scaling, which is
    what makes SCN robust across platforms).
@@ -118,7 +118,9 @@ def fit_predict(
     if n_rand > 0:
         ftr = np.vstack([ftr, random_profiles(ftr, n_rand, rng)])
         labels = np.concatenate([y_str, np.repeat(RAND, n_rand)])
-    rf = RandomForestClassifier(n_estimators=n_trees, class_weight=class_weight, random_state=seed, n_jobs=n_jobs)
+    rf = RandomForestClassifier(
+        n_estimators=n_trees, class_weight=class_weight, random_state=seed, n_jobs=n_jobs
+    )
     rf.fit(ftr, labels)
     prob = rf.predict_proba(fte)
     return output(test, rf.classes_[prob.argmax(axis=1)], prob.max(axis=1))

@@ -1,0 +1,57 @@
+# Model stages: masked-value pretraining, then per-tissue fine-tuning with the long-tail losses.
+
+
+rule pretrain:
+    input:
+        stores=pretrain_stores(),
+    output:
+        directory("results/pretrain/model"),
+    params:
+        launcher=torch_launcher(config["pretrain"].get("gpus", 0)),
+        script=workflow.source_path("../../scripts/pretrain.py"),
+        work="results/pretrain/work",  # checkpoints live here across pre-emptions (SIGTERM -> checkpoint)
+        settings=pretrain_settings(),
+    threads: 2
+    resources:
+        gpu=config["pretrain"].get("gpus", 0),
+        mem_mb=16000,
+        runtime=24 * 60,
+    log:
+        "logs/pretrain/pretrain.log",
+    benchmark:
+        "results/benchmarks/pretrain/pretrain.tsv"
+    conda:
+        "../../envs/model.yaml"
+    shell:
+        "({params.launcher} {params.script} --stores {input.stores} --out {params.work} --resume"
+        " {params.settings} && rm -rf {output} && cp -r {params.work} {output}) > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        tokens="results/{tissue}/tokens",
+        pretrained=pretrained_model(),
+    output:
+        model=directory("results/{tissue}/model"),
+        predictions="results/{tissue}/celler/predictions.tsv",
+        embeddings="results/{tissue}/celler/embeddings.npz",
+        metrics=report(
+            "results/{tissue}/celler/metrics.tsv",
+            caption="../report/celler_metrics.rst",
+            category="3. Celler",
+            subcategory="{tissue}",
+        ),
+        per_class="results/{tissue}/celler/per_class.tsv",
+    threads: 2
+    resources:
+        gpu=config["finetune"].get("gpus", 0),
+        mem_mb=8000,
+        runtime=6 * 60,
+    log:
+        "logs/finetune/{tissue}.log",
+    benchmark:
+        "results/benchmarks/finetune/{tissue}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../../scripts/finetune.py"
