@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result.interrupted:
-        print(f"stopped at step {result.step}; checkpoint in {args.out}; re-run with --resume", file=sys.stderr)
+        msg = f"stopped at step {result.step}; checkpoint in {args.out}; re-run with --resume"
+        print(msg, file=sys.stderr)
         return 143
     return 0
 

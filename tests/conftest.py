@@ -21,3 +21,43 @@ def pbmc3k_tokens(tmp_path_factory):
     cells, genes, _ = run_qc(spec)
     mapping = map_genes(MatrixReader(spec.inputs[0].path).var, Vocab.load(ROOT / "resources/vocab.json"))
     return tokenize(spec, cells, genes, mapping, tmp_path_factory.mktemp("pbmc3k") / "tokens", n_bins=51)
+
+
+def build_store(tmp_dir: Path, name: str, block: dict) -> Path:
+    """Run QC, gene mapping and tokenisation for one config block (paths relative to the repo); returns
+    the token store's path. The same stage functions the workflow calls."""
+    from celler.config import dataset_spec
+    from celler.resources import default_vocab_path
+    from celler.stages import map_stage, qc_stage, tokenize_stage
+
+    block = {**block, "inputs": [
+        {**i, "path": str(ROOT / i["path"])} if isinstance(i, dict) else str(ROOT / i) for i in block["inputs"]]}
+    spec = dataset_spec(name, block)
+    d = Path(tmp_dir)
+    qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "summary.tsv",
+             plot_out=d / "qc.png")
+    map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "map.tsv.gz",
+              report_out=d / "report.tsv", vocab_out=d / "vocab.json")
+    return tokenize_stage(spec, cells_path=d / "cells.tsv.gz", genes_path=d / "genes.tsv.gz",
+                          mapping_path=d / "map.tsv.gz", vocab_path=d / "vocab.json", out=d / "tokens", n_bins=51,
+                          scheme="per_batch", normalize=True)
+
+
+PANCREAS = {"inputs": [{"path": "resources/data/pancreas_wang_scclassify.h5ad", "split": "train"},
+                       {"path": "resources/data/pancreas_xin_scclassify.h5ad", "split": "test"}],
+            "label": "celltype", "batch": "batch", "split": {"by": "file"}, "qc": {"min_genes": 20, "min_cells": 3}}
+FACS = {"inputs": ["resources/data/pbmc_facs_sorted_2k_mudan.h5ad"], "label": "celltype_fine",
+        "parent_label": "celltype_l2", "split": {"by": "fraction", "test_fraction": 0.3, "seed": 0},
+        "qc": {"min_genes": 200, "min_cells": 3}}
+
+
+@pytest.fixture(scope="session")
+def pancreas_tokens(tmp_path_factory):
+    """Token store of the real pancreas pair: Wang (train) -> Xin (test), binned per study."""
+    return build_store(tmp_path_factory.mktemp("pancreas"), "pancreas", PANCREAS)
+
+
+@pytest.fixture(scope="session")
+def facs_tokens(tmp_path_factory):
+    """Token store of the real FACS-sorted PBMC set with two label levels (fine / l2)."""
+    return build_store(tmp_path_factory.mktemp("facs"), "pbmc_facs", FACS)

@@ -29,7 +29,8 @@ from celler.model import (
 from celler.tokens import TokenStore
 
 V, PAD, CLS, N_BINS = 100, 97, 98, 11
-SMALL = {"vocab_size": V, "pad_id": PAD, "cls_id": CLS, "n_bins": N_BINS, "d_model": 32, "n_heads": 4, "d_ff": 48}
+SMALL = {"vocab_size": V, "pad_id": PAD, "cls_id": CLS, "n_bins": N_BINS, "d_model": 32, "n_heads": 4,
+         "d_ff": 48}
 VARIANTS = {  # our own layout and scGPT's
     "prenorm-embedding": ModelConfig(**SMALL),
     "postnorm-continuous": replace(PRESETS["scgpt-base"], **SMALL, n_layers=2),
@@ -81,8 +82,10 @@ def test_attention_goes_through_sdpa(monkeypatch):
     genes, values, pad = make_batch([4, 6])
     enc(genes, values, pad)
     assert len(calls) == 3
-    assert calls[0].shape == (2, 1, 1, 7) and calls[0].dtype == torch.bool
-    assert not calls[0][0, 0, 0, 5:].any() and calls[0][1].all()  # True = may attend; pads excluded
+    assert calls[0].shape == (2, 1, 1, 7)
+    assert calls[0].dtype == torch.bool
+    assert not calls[0][0, 0, 0, 5:].any()
+    assert calls[0][1].all()
 
 
 def test_masked_value_head_and_model():
@@ -96,7 +99,8 @@ def test_masked_value_head_and_model():
     assert abs(loss.item() - np.log(N_BINS)) < 0.5  # about chance at init
     loss.backward()
     logits, loss = model(genes, values, pad)
-    assert logits.shape == (3, 10, N_BINS) and loss is None
+    assert logits.shape == (3, 10, N_BINS)
+    assert loss is None
     _, loss = model(genes, values, pad, torch.full_like(genes, IGNORE_INDEX))  # nothing masked
     assert loss.item() == 0.0
     loss.backward()
@@ -106,7 +110,8 @@ def test_classifier_head():
     cfg = VARIANTS["prenorm-embedding"]
     head = ClassifierHead(cfg, n_classes=7)
     logits, loss = head(torch.randn(4, 32), torch.tensor([0, 6, 2, 2]))
-    assert logits.shape == (4, 7) and loss.ndim == 0
+    assert logits.shape == (4, 7)
+    assert loss.ndim == 0
     assert head(torch.randn(4, 32))[1] is None
 
 
@@ -114,7 +119,8 @@ def test_resize_token_embeddings_keeps_old_rows():
     enc = Encoder(VARIANTS["prenorm-embedding"])
     old = enc.gene_embedding.weight.detach().clone()
     enc.resize_token_embeddings(V + 25)
-    assert enc.gene_embedding.weight.shape == (V + 25, 32) and enc.config.vocab_size == V + 25
+    assert enc.gene_embedding.weight.shape == (V + 25, 32)
+    assert enc.config.vocab_size == V + 25
     torch.testing.assert_close(enc.gene_embedding.weight[:V], old)
     assert enc.gene_embedding.weight[V:].abs().sum() > 0
     genes, values, pad = make_batch([3])
@@ -128,8 +134,10 @@ def test_optimizer_groups_params_and_flops():
     model = MaskedValueModel(VARIANTS["prenorm-embedding"])
     opt = configure_optimizers(model, lr=1e-3, weight_decay=0.1)
     decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     enc = model.encoder
     assert enc.num_params() - enc.num_params(non_embedding=True) == V * 32
@@ -176,7 +184,9 @@ def test_masking_rules_on_real_cells(pbmc3k_tokens):
     for i in range(40):
         item, (genes, bins) = ds[i], store[i]
         g, v, t = item["genes"], item["values"], item["targets"]
-        assert g[0] == store.meta["cls_id"] and v[0] == 0 and t[0] == IGNORE_INDEX  # <cls> never masked
+        assert g[0] == store.meta["cls_id"]
+        assert v[0] == 0
+        assert t[0] == IGNORE_INDEX
         np.testing.assert_array_equal(g[1:], genes)
         masked = np.flatnonzero(t != IGNORE_INDEX)
         assert len(masked) == max(1, round(0.15 * len(genes)))
@@ -196,8 +206,10 @@ def test_long_cells_are_subsampled_per_epoch(pbmc3k_tokens):
     ds = CellDataset(store, max_len=64, mask_ratio=0.0, seed=0)
     i = int(np.argmax(store.lengths))
     a = ds[i]
-    assert len(a["genes"]) == 64 and (a["targets"] == IGNORE_INDEX).all()
-    assert set(a["genes"][1:]) <= set(store[i][0]) and len(set(a["genes"][1:])) == 63
+    assert len(a["genes"]) == 64
+    assert (a["targets"] == IGNORE_INDEX).all()
+    assert set(a["genes"][1:]) <= set(store[i][0])
+    assert len(set(a["genes"][1:])) == 63
     np.testing.assert_array_equal(ds[i]["genes"], a["genes"])
     ds.set_epoch(1)
     assert not np.array_equal(ds[i]["genes"], a["genes"])
@@ -205,11 +217,13 @@ def test_long_cells_are_subsampled_per_epoch(pbmc3k_tokens):
 
 
 def test_tiny_cells_get_one_mask_and_empty_cells_none():
-    ds = CellDataset(FakeStore([(np.array([5]), np.array([4], np.uint8)), (np.array([], int), np.array([], np.uint8))]),
-                     mask_ratio=0.15)
+    one_gene, no_gene = (np.array([5]), np.array([4], np.uint8)), (np.array([], int), np.array([], np.uint8))
+    ds = CellDataset(FakeStore([one_gene, no_gene]), mask_ratio=0.15)
     one, empty = ds[0], ds[1]
-    assert list(one["targets"]) == [IGNORE_INDEX, 4] and list(one["values"]) == [0, N_BINS]
-    assert list(empty["genes"]) == [CLS] and list(empty["targets"]) == [IGNORE_INDEX]
+    assert list(one["targets"]) == [IGNORE_INDEX, 4]
+    assert list(one["values"]) == [0, N_BINS]
+    assert list(empty["genes"]) == [CLS]
+    assert list(empty["targets"]) == [IGNORE_INDEX]
 
 
 def test_collate_pads_dynamically():
@@ -218,7 +232,8 @@ def test_collate_pads_dynamically():
     b = collate([ds[i] for i in range(3)], pad_id=PAD)
     assert b["genes"].shape == b["values"].shape == b["targets"].shape == b["padding_mask"].shape == (3, 8)
     assert b["padding_mask"].sum(1).tolist() == [3, 6, 0]
-    assert (b["genes"][b["padding_mask"]] == PAD).all() and (b["values"][b["padding_mask"]] == 0).all()
+    assert (b["genes"][b["padding_mask"]] == PAD).all()
+    assert (b["values"][b["padding_mask"]] == 0).all()
     assert (b["targets"][b["padding_mask"]] == IGNORE_INDEX).all()
     assert b["index"].tolist() == [0, 1, 2]
 
@@ -233,7 +248,8 @@ def test_bucketed_batches_cover_each_cell_once_with_less_padding(pbmc3k_tokens):
     assert padding_fraction(list(bucket), lengths) < 0.5 * padding_fraction(list(naive), lengths)
     first = list(bucket)
     bucket.set_epoch(0, start=5)  # resume: skip the 5 batches already done
-    assert [b for b in bucket] == first[5:] and len(bucket) == len(first) - 5
+    assert [b for b in bucket] == first[5:]
+    assert len(bucket) == len(first) - 5
     bucket.set_epoch(1)
     assert list(bucket) != first
 

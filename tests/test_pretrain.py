@@ -37,23 +37,30 @@ def test_loss_falls_on_real_cells(pbmc3k_tokens, tmp_path):
                          checkpoint_every=0)
     result = pretrain([pbmc3k_tokens], tmp_path / "m", cfg)
     log = pd.read_csv(tmp_path / "m" / "train_log.csv")
-    assert list(log["step"]) == list(range(1, 61)) and not result.interrupted
+    assert list(log["step"]) == list(range(1, 61))
+    assert not result.interrupted
     first, last = log["loss"][:5].mean(), log["loss"][-5:].mean()
     assert first > 3.7  # ~ln(50) at the start
     assert last < first - 0.3, (first, last)
-    assert (log["tokens_per_s"] > 0).all() and log["lr"].max() == pytest.approx(3e-3, rel=0.05)
+    assert (log["tokens_per_s"] > 0).all()
+    assert log["lr"].max() == pytest.approx(3e-3, rel=0.05)
     out = tmp_path / "m"
-    for name in ("model.pt", "config.json", "vocab.json", "bin_edges.json", "train_log.csv", "training_curve.png",
-                 "checkpoint.pt"):
+    for name in ("model.pt", "config.json", "vocab.json", "bin_edges.json", "train_log.csv",
+                 "training_curve.png", "checkpoint.pt"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["transductive"] is False and config["n_cells"] == 2700 and config["pretrain"]["max_steps"] == 60
+    assert config["transductive"] is False
+    assert config["n_cells"] == 2700
+    assert config["pretrain"]["max_steps"] == 60
 
     # the pretrained encoder and cell embeddings
     encoder, mcfg, vocab = load_pretrained(out)
-    assert isinstance(encoder, Encoder) and mcfg.vocab_size == len(vocab) == 60697
+    assert isinstance(encoder, Encoder)
+    assert mcfg.vocab_size == len(vocab) == 60697
     emb = embed(out, pbmc3k_tokens, batch_size=64, max_len=128, indices=np.arange(300))
-    assert emb.shape == (300, 64) and emb.dtype == np.float32 and np.isfinite(emb).all()
+    assert emb.shape == (300, 64)
+    assert emb.dtype == np.float32
+    assert np.isfinite(emb).all()
     some = embed(out, TokenStore(pbmc3k_tokens), indices=[7, 3, 200], max_len=128)  # alone, other batches
     np.testing.assert_allclose(some, emb[[7, 3, 200]], atol=1e-5)
     assert np.linalg.norm(emb[0] - emb[1]) > 1e-3  # cells differ
@@ -70,10 +77,13 @@ def test_resume_after_kill_equals_straight_run(pbmc3k_tokens, tmp_path):
 
     cfg = QUICK.with_overrides([f"max_steps={2 * n}"])
     first = pretrain([pbmc3k_tokens], tmp_path / "resumed", cfg, on_step=kill_at_n)
-    assert first.interrupted and first.step == n
-    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "model.pt").exists()
+    assert first.interrupted
+    assert first.step == n
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / "model.pt").exists()
     second = pretrain([pbmc3k_tokens], tmp_path / "resumed", cfg, resume=True)
-    assert not second.interrupted and second.step == 2 * n
+    assert not second.interrupted
+    assert second.step == 2 * n
 
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
@@ -120,13 +130,16 @@ def test_overrides_and_schedule():
     cfg = PretrainConfig().with_overrides(["max_steps=200", "lr=1e-3", "dropout=0.1", "model.d_model=32",
                                           "transductive=true", "max_cells=null", "device=cpu"])
     assert (cfg.max_steps, cfg.lr, cfg.transductive, cfg.device) == (200, 1e-3, True, "cpu")
-    assert cfg.model == {"dropout": 0.1, "d_model": 32} and PretrainConfig().model == {}
+    assert cfg.model == {"dropout": 0.1, "d_model": 32}
+    assert PretrainConfig().model == {}
     for bad in (["max_steps=1.5"], ["lr=fast"], ["nope=1"], ["max_steps"]):
         with pytest.raises(CellerError):
             PretrainConfig().with_overrides(bad)
     cfg = PretrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
-    assert lr_factor(0, cfg) == pytest.approx(1 / 11) and lr_factor(9, cfg) == pytest.approx(10 / 11)
-    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(60, cfg) == pytest.approx(0.55)
+    assert lr_factor(0, cfg) == pytest.approx(1 / 11)
+    assert lr_factor(9, cfg) == pytest.approx(10 / 11)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.55)
     assert lr_factor(110, cfg) == pytest.approx(0.1)
 
 

@@ -29,7 +29,7 @@ IGNORE_INDEX = -100  # target at positions that are not predicted (cross_entropy
 
 
 class CellDataset(Dataset):
-    """Cells ``indices`` of ``store`` (a TokenStore or ConcatStore) as model inputs; see the module docstring."""
+    """Cells ``indices`` of ``store`` (a TokenStore or ConcatStore) as model inputs (see the module doc)."""
 
     def __init__(self, store, indices=None, *, max_len: int = 1200, mask_ratio: float = 0.15, seed: int = 0):
         if max_len < 2:
@@ -39,7 +39,7 @@ class CellDataset(Dataset):
             msg = f"mask_ratio must be in [0, 1), got {mask_ratio}"
             raise CellerError(msg)
         self.store = store
-        self.indices = np.arange(len(store), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        self.indices = np.asarray(np.arange(len(store)) if indices is None else indices, np.int64)
         self.max_len = max_len
         self.mask_ratio = mask_ratio
         self.seed = seed
@@ -87,7 +87,8 @@ def collate(items: list[dict], *, pad_id: int) -> dict[str, torch.Tensor]:
     padding = np.ones((B, L), bool)
     for r, it in enumerate(items):
         n = len(it["genes"])
-        genes[r, :n], values[r, :n], targets[r, :n], padding[r, :n] = it["genes"], it["values"], it["targets"], False
+        genes[r, :n], values[r, :n], targets[r, :n] = it["genes"], it["values"], it["targets"]
+        padding[r, :n] = False
     return {
         "index": torch.tensor([it["index"] for it in items]),
         "genes": torch.from_numpy(genes),

@@ -208,8 +208,10 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
     # a frozen encoder has requires_grad False, so only the heads reach the optimiser
     optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device.type)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / cfg.batch_size)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                    pct_start=0.1, anneal_strategy="cos")
+    total_steps = epochs * steps_per_epoch
+    warmup = max(1, total_steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to 0
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + np.cos(np.pi * (s - warmup) / max(1, total_steps - warmup))))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else _null()
     val_emb = frozen_emb[val_idx] if frozen_emb is not None else None
     best = (-1.0, copy.deepcopy(model.state_dict()))
@@ -240,8 +242,7 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            if scheduler.last_epoch < scheduler.total_steps - 1:
-                scheduler.step()
+            scheduler.step()
             total, n = total + float(loss.detach()) * len(idx), n + len(idx)
         if len(val_idx):
             val_logits, _ = predict_logits(model, store, val_idx, cfg, embeddings=val_emb)

@@ -33,14 +33,14 @@ from celler.errors import CellerError
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 60697  # rows of the gene embedding = len(vocab) (scGPT whole-human: 60,694 genes + 3 specials)
+    vocab_size: int = 60697  # gene embedding rows = len(vocab) (scGPT whole-human: 60,694 genes + 3 specials)
     n_bins: int = 51  # value bins 0..n_bins-1 as in the token store; id n_bins is <mask>
     d_model: int = 64  # width of every token vector; the cell embedding has this size
     n_layers: int = 2  # transformer blocks
     n_heads: int = 4  # attention heads; d_model must divide evenly
     d_ff: int = 128  # hidden width of each block's MLP
     dropout: float = 0.0  # after embeddings, in attention and on residual branches; 0 for short CPU runs
-    value_encoder: str = "embedding"  # 'embedding': a learned vector per bin; 'continuous': MLP of the bin number (scGPT)
+    value_encoder: str = "embedding"  # 'embedding': a vector per bin; 'continuous': MLP of bin number (scGPT)
     activation: str = "gelu"  # MLP non-linearity, 'gelu' or 'relu' (scGPT)
     norm_first: bool = True  # pre-norm (True, ours) or post-norm (False, scGPT/BERT layout)
     pad_id: int = 60694  # <pad> gene id: its embedding row is zero and never trained
@@ -77,7 +77,8 @@ def preset(name: str, **overrides) -> ModelConfig:
         raise CellerError(msg)
     unknown = set(overrides) - set(ModelConfig.__dataclass_fields__)
     if unknown:
-        msg = f"unknown model setting(s) {sorted(unknown)}; ModelConfig has {sorted(ModelConfig.__dataclass_fields__)}"
+        known = sorted(ModelConfig.__dataclass_fields__)
+        msg = f"unknown model setting(s) {sorted(unknown)}; ModelConfig has {known}"
         raise CellerError(msg)
     return replace(PRESETS[name], **overrides)
 
@@ -114,13 +115,14 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # rows: q, k, v (same layout as scGPT's in_proj / Wqkv)
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # rows q, k, v: as scGPT's in_proj / Wqkv
         self.proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, x, attn_mask):
         B, L, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)  # each (B, L, d)
-        q, k, v = (t.view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, hd)
+        hd = d // self.n_heads
+        q, k, v = (t.view(B, L, self.n_heads, hd).transpose(1, 2) for t in (q, k, v))  # (B, h, L, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, h, L, hd)
         return self.proj(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
@@ -164,7 +166,8 @@ class Encoder(nn.Module):
         self.config = config
         self.gene_embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
         self.gene_norm = nn.LayerNorm(config.d_model)
-        self.value_encoder = (BinValueEncoder if config.value_encoder == "embedding" else ContinuousValueEncoder)(config)
+        value_encoder = BinValueEncoder if config.value_encoder == "embedding" else ContinuousValueEncoder
+        self.value_encoder = value_encoder(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
@@ -176,9 +179,10 @@ class Encoder(nn.Module):
         Pass ``padding_mask=None`` for a batch without padding (lets SDPA use the flash kernel).
         Returns the hidden states, (B, L, d_model).
         """
-        assert genes.shape == values.shape, f"genes {tuple(genes.shape)} and values {tuple(values.shape)} differ"
+        assert genes.shape == values.shape, f"genes {tuple(genes.shape)} != values {tuple(values.shape)}"
         x = self.gene_norm(self.gene_embedding(genes))  # gene vectors, (B, L, d)
-        x = self.drop(x + self.value_encoder(values, genes == self.config.cls_id))  # + value vectors, (B, L, d)
+        x = x + self.value_encoder(values, genes == self.config.cls_id)  # + value vectors, (B, L, d)
+        x = self.drop(x)
         # key padding mask as SDPA wants it: (B, 1, 1, L), True = may attend; <cls> is never padding,
         # so no query row is fully masked (padded query rows produce values that nothing reads).
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
@@ -191,7 +195,7 @@ class Encoder(nn.Module):
         return self.forward(genes, values, padding_mask)[:, 0]
 
     def resize_token_embeddings(self, new_vocab_size: int) -> None:
-        """Grow the gene embedding for an extended vocabulary: old rows are kept, new rows initialised fresh."""
+        """Grow the gene embedding for an extended vocabulary: old rows kept, new rows initialised fresh."""
         old = self.gene_embedding
         if new_vocab_size < old.num_embeddings:
             msg = f"cannot shrink the gene embedding from {old.num_embeddings} to {new_vocab_size} rows"
@@ -250,7 +254,7 @@ class MaskedValueHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """An MLP from the cell embedding to class logits (fine-tuning); plain cross-entropy when given targets."""
+    """An MLP from the cell embedding to class logits (fine-tuning); cross-entropy when given targets."""
 
     def __init__(self, config: ModelConfig, n_classes: int):
         super().__init__()
@@ -309,8 +313,10 @@ def describe(config: ModelConfig) -> str:
     """One line: the size of a model built from ``config``."""
     with torch.device("meta"):  # no memory, and the global RNG is left alone
         n = Encoder(config).num_params(non_embedding=True)
-    return (f"{config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, d_ff {config.d_ff}, "
-            f"{n / 1e6:.2f}M non-embedding + {config.vocab_size * config.d_model / 1e6:.2f}M embedding parameters")
+    emb = config.vocab_size * config.d_model
+    c = config
+    return (f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads, d_ff {c.d_ff}, "
+            f"{n / 1e6:.2f}M non-embedding + {emb / 1e6:.2f}M embedding parameters")
 
 
 __all__ = [

@@ -53,7 +53,7 @@ def iter_chunks(
         with MatrixReader(infile.path, spec.matrix) as reader:
             var = reader.var.index.astype(str)
             tok = token_of_gene.reindex(var).fillna(-1).astype(np.int64).to_numpy()
-            tok[~gene_ok.reindex(var).fillna(False).to_numpy(dtype=bool)] = -1
+            tok[~gene_ok.reindex(var, fill_value=False).to_numpy(dtype=bool)] = -1
             col = np.where(tok >= 0, col_of_token.reindex(tok).fillna(-1).to_numpy(np.int64), -1)
             merge, used = merge_matrix(col)
             expand = sp.csr_matrix(

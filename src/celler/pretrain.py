@@ -8,7 +8,7 @@ Launch (see ``scripts/pretrain.py``)::
 
 The corpus is every cell of the stores whose split is not 'test' (``transductive=True`` adds the test cells;
 their labels are never read here). AdamW with linear warm-up then cosine decay, gradient clipping, bf16
-autocast on CUDA only. ``out_dir/checkpoint.pt`` holds everything needed to continue bit-for-bit
+autocast on CUDA only. ``out_dir/checkpoint.pt`` holds everything needed to continue as if never stopped
 (model, optimiser, scheduler, RNG states, epoch and batch position); ``resume=True`` restores it, and
 SIGTERM (SLURM pre-emption) writes it before the process exits. At the end ``out_dir`` has::
 
@@ -30,7 +30,7 @@ import random
 import shutil
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -58,7 +58,7 @@ class PretrainConfig:
     preset: str = "tiny"  # size, a key of celler.model.PRESETS ('tiny', 'small', 'scgpt-base')
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"dropout": 0.1}
     # data
-    max_len: int = 256  # tokens per cell incl. <cls>; longer cells get a random gene subset per epoch (scGPT: 1200)
+    max_len: int = 256  # tokens per cell with <cls>; longer cells: random gene subset per epoch (scGPT: 1200)
     mask_ratio: float = 0.15  # share of a cell's gene values hidden and predicted (at least one per cell)
     transductive: bool = False  # also pretrain on split == 'test' cells (never on their labels)
     max_cells: int | None = None  # pretrain on a random subset of at most this many cells (None: all)
@@ -77,7 +77,7 @@ class PretrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     # system and output
     seed: int = 0  # model init, data order, masking, dropout (rank r uses seed + r for dropout)
-    device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda'; torchrun ranks use cuda:LOCAL_RANK
+    device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda'; torchrun: cuda:LOCAL_RANK
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
     checkpoint_every: int = 100  # steps between checkpoints (0: only at the end and on SIGTERM)
     log_every: int = 1  # steps between train_log.csv rows
@@ -106,7 +106,7 @@ class PretrainConfig:
             elif key in theirs:
                 cfg.model[key] = _coerce(key, value, theirs[key].type)
             else:
-                msg = f"unknown setting {key!r}; pretraining has {sorted(ours)} and the model {sorted(theirs)}"
+                msg = f"unknown setting {key!r}; pretraining has {sorted(ours)}, the model {sorted(theirs)}"
                 raise CellerError(msg)
         return cfg
 
@@ -143,7 +143,8 @@ def open_stores(paths) -> TokenStore | ConcatStore:
     return stores[0] if len(stores) == 1 else ConcatStore(stores)
 
 
-def select_cells(store, *, transductive: bool = False, max_cells: int | None = None, seed: int = 0) -> np.ndarray:
+def select_cells(store, *, transductive: bool = False, max_cells: int | None = None,
+                 seed: int = 0) -> np.ndarray:
     """Store indices of the pretraining corpus: cells not held out for testing (all when transductive)."""
     split = store.cells["split"].astype(str).to_numpy()
     idx = np.arange(len(store)) if transductive else np.flatnonzero(split != "test")
@@ -163,18 +164,23 @@ def lr_factor(step: int, cfg: PretrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _setup_distributed(cfg: PretrainConfig):
-    """DDP when launched by torchrun (RANK set): (ddp, rank, world_size, device); nccl on CUDA, gloo on CPU."""
+@contextmanager
+def _distributed(cfg: PretrainConfig):
+    """DDP if launched by torchrun (RANK set): nccl on CUDA, gloo on CPU. Yields (rank, world, device)."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if cfg.device == "auto" else cfg.device)
     if int(os.environ.get("RANK", -1)) == -1:
-        return False, 0, 1, device
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        yield 0, 1, device
+        return
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return True, rank, world, device
+    try:
+        yield rank, world, device
+    finally:
+        dist.destroy_process_group()
 
 
 class _StopRequest:
@@ -207,41 +213,43 @@ def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool
     (checkpoint, then return with ``interrupted=True``). See the module docstring for the outputs.
     """
     cfg = cfg or PretrainConfig()
-    out_dir = Path(out_dir)
-    stores = [str(p) for p in stores]
-    ddp, rank, world, device = _setup_distributed(cfg)
-    is_main = rank == 0
-    try:
+    out_dir, stores = Path(out_dir), [str(p) for p in stores]
+    with _distributed(cfg) as (rank, world, device), _StopRequest() as stop:
+        ddp, is_main = world > 1 or dist.is_initialized(), rank == 0
         store = open_stores(stores)
         indices = select_cells(store, transductive=cfg.transductive, max_cells=cfg.max_cells, seed=cfg.seed)
         vocab = store.vocab()
-        mcfg = preset(cfg.preset, **{**cfg.model, "vocab_size": len(vocab), "n_bins": store.n_bins,
-                                     "pad_id": vocab.pad_id, "cls_id": vocab.cls_id})
+        data_settings = {"vocab_size": len(vocab), "n_bins": store.n_bins, "pad_id": vocab.pad_id,
+                         "cls_id": vocab.cls_id}
+        mcfg = preset(cfg.preset, **{**cfg.model, **data_settings})
         torch.manual_seed(cfg.seed)
         model = MaskedValueModel(mcfg).to(device)
         optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                          betas=(cfg.beta1, cfg.beta2), device_type=device.type)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg=cfg))
         dataset = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=cfg.mask_ratio, seed=cfg.seed)
-        sampler_kwargs = {"seed": cfg.seed, "rank": rank, "world_size": world}
-        sampler = (LengthBucketSampler(dataset.lengths, cfg.batch_size, pool_batches=cfg.bucket_pool, **sampler_kwargs)
-                   if cfg.bucket else RandomBatchSampler(dataset.lengths, cfg.batch_size, **sampler_kwargs))
+        shard = {"seed": cfg.seed, "rank": rank, "world_size": world}
+        sampler = (LengthBucketSampler(dataset.lengths, cfg.batch_size, pool_batches=cfg.bucket_pool, **shard)
+                   if cfg.bucket else RandomBatchSampler(dataset.lengths, cfg.batch_size, **shard))
         if len(sampler) == 0:
             msg = f"{len(indices)} cells make no batch of {cfg.batch_size} for each of {world} processes"
             raise CellerError(msg)
         torch.manual_seed(cfg.seed + rank)  # dropout differs between ranks
-        step, epoch, batch_in_epoch = 0, 0, 0
+        run = {"stores": stores, "n_cells": len(indices)}  # what a checkpoint must match to be resumed
         ckpt_path = out_dir / "checkpoint.pt"
+        step, epoch, batch_in_epoch = 0, 0, 0
         if resume and ckpt_path.exists():
-            step, epoch, batch_in_epoch = _load_checkpoint(ckpt_path, model, optimizer, scheduler, cfg, mcfg, stores,
-                                                           len(indices), rank)
+            step, epoch, batch_in_epoch = _load_checkpoint(ckpt_path, model, optimizer, scheduler, cfg, mcfg,
+                                                           run, rank)
         if is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             print(f"pretraining {describe(mcfg)} on {len(indices)} cells of {len(stores)} store(s) "
-                  f"(transductive: {cfg.transductive}), {world} process(es) on {device}, from step {step}", flush=True)
+                  f"(transductive: {cfg.transductive}), {world} process(es) on {device}, from step {step}",
+                  flush=True)
         raw_model = model
         if ddp:
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            ids = [device.index] if device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=mcfg.pad_id),
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                             generator=torch.Generator())  # own generator: the global RNG stays for dropout
@@ -250,68 +258,62 @@ def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool
         log = _CsvLog(out_dir / "train_log.csv", keep_until=step) if is_main else None
         bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", unit="step", disable=not is_main,
                    mininterval=2)
-
-        def save():
-            if is_main:
-                _save_checkpoint(ckpt_path, raw_model, optimizer, scheduler, cfg, mcfg, stores, len(indices),
-                                 step=step, epoch=epoch, batch_in_epoch=batch_in_epoch)
-
         loss_value, stopping = float("nan"), False
         model.train()
-        with _StopRequest() as stop:
-            while step < cfg.max_steps and not stopping:
-                sampler.set_epoch(epoch, start=batch_in_epoch)
-                dataset.set_epoch(epoch)
+        while step < cfg.max_steps and not stopping:
+            sampler.set_epoch(epoch, start=batch_in_epoch)
+            dataset.set_epoch(epoch)
+            t0 = time.perf_counter()
+            for batch in loader:
+                pad = batch["padding_mask"]
+                n_tokens, n_cells, padding = float((~pad).sum()), float(len(pad)), float(pad.float().mean())
+                genes, values, targets = (batch[k].to(device, non_blocking=True)
+                                          for k in ("genes", "values", "targets"))
+                pad = pad.to(device, non_blocking=True) if pad.any() else None  # None: flash attention
+                with autocast:
+                    _, loss = model(genes, values, pad, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                             if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                step, batch_in_epoch = step + 1, batch_in_epoch + 1
+                local_loss = loss.item()
+                hook_stop = bool(on_step and on_step(step, local_loss))
+                stats = torch.tensor([local_loss, n_tokens, n_cells, padding, hook_stop or stop.requested],
+                                     dtype=torch.float32, device=device)
+                if ddp:  # sums over ranks: totals for throughput, means below, stop if any rank stops
+                    dist.all_reduce(stats)
+                loss_value, n_tokens, n_cells, padding, n_stop = stats.tolist()
+                loss_value, padding, stopping = loss_value / world, padding / world, n_stop > 0
+                dt = time.perf_counter() - t0  # this step, its data loading included
+                if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                    log.write([step, epoch, loss_value, lr, float(grad_norm), n_tokens / dt, n_cells / dt,
+                               padding])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                done = stopping or step >= cfg.max_steps
+                if is_main and (done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                    _save_checkpoint(ckpt_path, raw_model, optimizer, scheduler, cfg, mcfg, run,
+                                     step=step, epoch=epoch, batch_in_epoch=batch_in_epoch)
+                if done:
+                    break
                 t0 = time.perf_counter()
-                for batch in loader:
-                    pad = batch["padding_mask"]
-                    n_tokens, n_cells, padding = float((~pad).sum()), float(len(pad)), float(pad.float().mean())
-                    genes, values, targets = (batch[k].to(device, non_blocking=True)
-                                              for k in ("genes", "values", "targets"))
-                    pad = pad.to(device, non_blocking=True) if pad.any() else None  # no padding: flash attention
-                    with autocast:
-                        _, loss = model(genes, values, pad, targets)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                                 if cfg.grad_clip > 0 else torch.tensor(float("nan")))
-                    optimizer.step()
-                    scheduler.step()
-                    step, batch_in_epoch = step + 1, batch_in_epoch + 1
-                    hook_stop = bool(on_step and on_step(step, float(loss.detach())))
-                    wants_stop = hook_stop or stop.requested
-                    stats = torch.tensor([float(loss.detach()), n_tokens, n_cells, padding, float(wants_stop)],
-                                         device=device)
-                    if ddp:  # sum over ranks: mean loss / padding below, totals for throughput, stop if any rank stops
-                        dist.all_reduce(stats)
-                    loss_value, n_tokens, n_cells, padding, n_stop = stats.tolist()
-                    loss_value, padding, stopping = loss_value / world, padding / world, n_stop > 0
-                    dt = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                        log.write([step, epoch, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
-                                   n_tokens / dt, n_cells / dt, padding])
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-                    if stopping or step >= cfg.max_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                        save()
-                    if stopping or step >= cfg.max_steps:
-                        break
-                else:  # the epoch ran out: next one
-                    epoch, batch_in_epoch = epoch + 1, 0
+            else:  # the epoch ran out: next one
+                epoch, batch_in_epoch = epoch + 1, 0
         bar.close()
         if log is not None:
             log.close()
         if is_main and not stopping:
             if not ckpt_path.exists():  # no step was run (max_steps reached already)
-                save()
-            _write_outputs(out_dir, raw_model, mcfg, cfg, vocab, store, stores, len(indices), step, loss_value)
+                _save_checkpoint(ckpt_path, raw_model, optimizer, scheduler, cfg, mcfg, run,
+                                 step=step, epoch=epoch, batch_in_epoch=batch_in_epoch)
+            _write_outputs(out_dir, raw_model, mcfg, cfg, vocab, run, step, loss_value)
         if ddp:
             dist.barrier()
         return PretrainResult(out_dir=out_dir, step=step, loss=loss_value, interrupted=stopping)
-    finally:
-        if ddp and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 class _CsvLog:
@@ -320,7 +322,8 @@ class _CsvLog:
     def __init__(self, path: Path, keep_until: int):
         kept = []
         if keep_until > 0 and path.exists():
-            kept = [line for line in path.read_text().splitlines()[1:] if line and int(line.split(",")[0]) <= keep_until]
+            rows = path.read_text().splitlines()[1:]
+            kept = [r for r in rows if r and int(r.split(",")[0]) <= keep_until]
         path.write_text("\n".join([",".join(LOG_COLUMNS), *kept]) + "\n")
         self._f = path.open("a")
 
@@ -335,32 +338,32 @@ class _CsvLog:
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, stores, n_cells, *, step, epoch, batch_in_epoch):
+def _save_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, run, *, step, epoch, batch_in_epoch):
     _atomic_save({
         "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "config": asdict(cfg), "model_config": asdict(mcfg), "stores": stores, "n_cells": n_cells,
+        "config": asdict(cfg), "model_config": asdict(mcfg), **run,
     }, path)
 
 
-def _load_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, stores, n_cells, rank):
+def _load_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, run, rank):
     ck = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds numpy RNG state
     if ck.get("format_version") != MODEL_FORMAT_VERSION:
-        msg = (f"{path}: checkpoint format {ck.get('format_version')} (celler {ck.get('celler_version')}) is not "
-               f"{MODEL_FORMAT_VERSION}; delete it to start over")
+        msg = (f"{path}: checkpoint format {ck.get('format_version')} (celler {ck.get('celler_version')}) "
+               f"is not {MODEL_FORMAT_VERSION}; delete it to start over")
         raise CellerError(msg)
     if ck["model_config"] != asdict(mcfg):
         changed = sorted(k for k, v in asdict(mcfg).items() if ck["model_config"].get(k) != v)
-        msg = f"{path}: written for a different model (changed: {changed}); use the same settings or delete it"
+        msg = f"{path}: written for a different model (changed: {changed}); use its settings or delete it"
         raise CellerError(msg)
-    if ck["stores"] != stores or ck["n_cells"] != n_cells:
-        msg = f"{path}: written for other data ({ck['stores']}, {ck['n_cells']} cells); delete it to start over"
+    if any(ck[k] != v for k, v in run.items()):
+        msg = f"{path}: written for other data ({ck['stores']}, {ck['n_cells']} cells); delete it to restart"
         raise CellerError(msg)
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
@@ -376,7 +379,7 @@ def _load_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, stores, n_cel
     return ck["step"], ck["epoch"], ck["batch_in_epoch"]
 
 
-def _write_outputs(out_dir, model, mcfg, cfg, vocab, store, stores, n_cells, step, loss):
+def _write_outputs(out_dir, model, mcfg, cfg, vocab, run, step, loss):
     _atomic_save({
         "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
         "model_config": asdict(mcfg), "vocab_size": len(vocab),
@@ -384,14 +387,14 @@ def _write_outputs(out_dir, model, mcfg, cfg, vocab, store, stores, n_cells, ste
     }, out_dir / "model.pt")
     (out_dir / "config.json").write_text(json.dumps({
         "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
-        "pretrain": asdict(cfg), "model": asdict(mcfg), "stores": stores, "n_cells": n_cells,
+        "pretrain": asdict(cfg), "model": asdict(mcfg), **run,
         "transductive": cfg.transductive, "steps": step, "final_loss": loss,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }, indent=1))
     vocab.save(out_dir / "vocab.json")
-    if len(stores) == 1:
-        shutil.copyfile(Path(stores[0]) / "bin_edges.json", out_dir / "bin_edges.json")
+    if len(run["stores"]) == 1:
+        shutil.copyfile(Path(run["stores"][0]) / "bin_edges.json", out_dir / "bin_edges.json")
     plot_training_curve(out_dir / "train_log.csv", out_dir / "training_curve.png")
 
 
@@ -444,7 +447,7 @@ def load_pretrained(model_dir, *, device: str = "cpu") -> tuple[Encoder, ModelCo
         raise CellerError(msg) from e
     vocab = Vocab.load(d / "vocab.json")
     if len(vocab) != mcfg.vocab_size:
-        msg = f"{d}: vocab.json has {len(vocab)} tokens but the model's gene embedding has {mcfg.vocab_size} rows"
+        msg = f"{d}: vocab.json has {len(vocab)} tokens but the gene embedding has {mcfg.vocab_size} rows"
         raise CellerError(msg)
     encoder = Encoder(mcfg)
     encoder.load_state_dict(blob["encoder"])
@@ -465,7 +468,7 @@ def embed(model_dir, store, *, batch_size: int = 64, max_len: int | None = None,
     encoder, mcfg, vocab = load_pretrained(model_dir, device=dev)
     check_vocab(store.vocab(), vocab, what=f"model {model_dir}")
     if store.n_bins != mcfg.n_bins:
-        msg = f"the token store has {store.n_bins} value bins but model {model_dir} was trained with {mcfg.n_bins}"
+        msg = f"the token store has {store.n_bins} value bins, model {model_dir} was trained on {mcfg.n_bins}"
         raise CellerError(msg)
     if max_len is None:
         config = Path(model_dir) / "config.json"
@@ -493,12 +496,14 @@ def check_vocab(data: Vocab, model: Vocab, *, what: str) -> None:
     n = min(len(data), len(model))
     if data.tokens[:n] == model.tokens[:n] and len(data) > len(model):
         msg = (f"the token store uses an extended vocabulary ({len(data) - len(model)} genes beyond the "
-               f"{len(model)} of {what}); fine-tune with resize_token_embeddings, or tokenize with vocab mode 'match'")
+               f"{len(model)} of {what}); fine-tune with resize_token_embeddings, or tokenize with vocab "
+               "mode 'match'")
     else:
         first = next((i for i in range(n) if data.tokens[i] != model.tokens[i]), n)
         msg = (f"the token store's vocabulary differs from that of {what} (id {first}: "
                f"{data.tokens[first] if first < len(data) else None!r} vs "
-               f"{model.tokens[first] if first < len(model) else None!r}); tokenize with the model's vocab.json")
+               f"{model.tokens[first] if first < len(model) else None!r}); tokenize with the model's "
+               "vocab.json")
     raise CellerError(msg)
 
 

@@ -65,7 +65,8 @@ MAPPED = [  # (pattern on the scGPT key, our key template)
     (_LAYER + r"norm1\.(weight|bias)", "blocks.{0}.ln1.{1}"),
     (_LAYER + r"norm2\.(weight|bias)", "blocks.{0}.ln2.{1}"),
 ]
-DROPPED = [r"decoder\.", r"mvc_decoder\.", r"cls_decoder\.", r"flag_encoder\.", _LAYER + r"self_attn\.cross_attn\.",
+DROPPED = [r"decoder\.", r"mvc_decoder\.", r"cls_decoder\.", r"flag_encoder\.",
+           _LAYER + r"self_attn\.cross_attn\.",
            r"batch_encoder\.", r"dsbn\.", r"bn\.", r"grad_reverse_discriminator\."]
 
 
@@ -84,7 +85,8 @@ def scgpt_config(args: dict, vocab: Vocab) -> ModelConfig:
         raise CellerError(msg)
     try:
         return replace(PRESETS["scgpt-base"], vocab_size=len(vocab), n_bins=int(args["n_bins"]),
-                       d_model=int(args["embsize"]), n_layers=int(args["nlayers"]), n_heads=int(args["nheads"]),
+                       d_model=int(args["embsize"]), n_layers=int(args["nlayers"]),
+                       n_heads=int(args["nheads"]),
                        d_ff=int(args["d_hid"]), dropout=float(args.get("dropout", 0.2)),
                        pad_id=vocab.token_to_id[args.get("pad_token", "<pad>")], cls_id=vocab.cls_id)
     except KeyError as e:
@@ -127,20 +129,22 @@ def load_scgpt(model_dir) -> tuple[Encoder, ModelConfig, Vocab]:
     mapped, dropped = map_state_dict(state)
     emb = mapped.get("gene_embedding.weight")
     if emb is not None and emb.shape[0] != config.vocab_size:
-        msg = (f"{d}: the gene embedding has {emb.shape[0]} rows but vocab.json (with <pad>, <cls>, <eoc>) has "
+        msg = (f"{d}: the gene embedding has {emb.shape[0]} rows but vocab.json (with <pad>/<cls>/<eoc>) has "
                f"{config.vocab_size} tokens; the vocabulary does not belong to these weights")
         raise CellerError(msg)
     encoder = Encoder(config)
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(mapped))
     if missing:
-        msg = f"{d}: scGPT checkpoint lacks {len(missing)} encoder tensor(s), e.g. {missing[:5]} (args.json: {config.n_layers} layers)"
+        msg = (f"{d}: scGPT checkpoint lacks {len(missing)} encoder tensor(s), e.g. {missing[:5]} "
+               f"(args.json: {config.n_layers} layers)")
         raise CellerError(msg)
     extra = sorted(set(mapped) - set(expected))
     if extra:
         msg = f"{d}: scGPT checkpoint has tensors beyond args.json's {config.n_layers} layers: {extra[:5]}"
         raise CellerError(msg)
-    bad = [f"{k}: {tuple(v.shape)} vs ours {tuple(expected[k].shape)}" for k, v in mapped.items() if v.shape != expected[k].shape]
+    bad = [f"{k}: {tuple(v.shape)} vs ours {tuple(expected[k].shape)}"
+           for k, v in mapped.items() if v.shape != expected[k].shape]
     if bad:
         msg = f"{d}: scGPT tensor shapes differ from args.json's architecture: {bad[:5]}"
         raise CellerError(msg)

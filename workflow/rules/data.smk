@@ -1,5 +1,8 @@
 # Data stages: QC -> gene-vocabulary mapping -> per-batch binning into a token store.
 
+FINAL_OUTPUTS.extend(expand("results/{dataset}/tokens", dataset=DATASETS))
+FINAL_OUTPUTS.extend(expand("results/{tissue}/expr.h5ad", tissue=TISSUES))
+
 
 rule qc:
     input:

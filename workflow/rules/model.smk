@@ -1,5 +1,7 @@
 # Model stages: masked-value pretraining, then per-tissue fine-tuning with the long-tail losses.
 
+FINAL_OUTPUTS.extend(expand("results/{tissue}/celler/metrics.tsv", tissue=TISSUES))
+
 
 rule pretrain:
     input:
@@ -8,7 +10,7 @@ rule pretrain:
         directory("results/pretrain/model"),
     params:
         launcher=torch_launcher(config["pretrain"].get("gpus", 0)),
-        script=workflow.source_path("../../scripts/pretrain.py"),
+        script=f"{workflow.basedir}/scripts/pretrain.py",
         work="results/pretrain/work",  # checkpoints live here across pre-emptions (SIGTERM -> checkpoint)
         settings=pretrain_settings(),
     threads: 2

@@ -1,0 +1,18 @@
+"""Snakemake script: one Celler fine-tuning run (a loss variant, a seed) on a tissue's shared split."""
+from celler.cli import run_guarded
+from celler.experiments import celler_run_stage
+from celler.stages import finetune_config
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+variant = sm.wildcards.variant
+section = dict(sm.config["finetune"])
+if variant != "default":  # an ablation loss: the ablation's finetune settings, then the loss itself
+    ablation = sm.config.get("ablation", {})
+    section.update(ablation.get("finetune", {}))
+    section.update({"loss_params": {}, **ablation["losses"][variant]})
+cfg, scgpt_dir = finetune_config(section)
+run_guarded(
+    lambda: celler_run_stage(sm.input.tokens, cfg=cfg, pretrained=scgpt_dir or (sm.input.pretrained or None),
+                             seed=int(sm.wildcards.seed), train_cells_path=sm.input.train_cells, out=sm.output[0]),
+    log_path=sm.log[0],
+)

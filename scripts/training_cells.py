@@ -1,0 +1,10 @@
+"""Snakemake script: the training-cell list of one (tissue, imbalance, seed) (celler.experiments)."""
+from celler.cli import run_guarded
+from celler.experiments import training_cells_stage
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_guarded(
+    lambda: training_cells_stage(sm.input[0], imbalance=sm.wildcards.imbalance, seed=int(sm.wildcards.seed),
+                                 cells_out=sm.output.cells, table_out=sm.output.table),
+    log_path=sm.log[0],
+)

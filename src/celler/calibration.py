@@ -1,0 +1,130 @@
+"""Confidence calibration on the validation cells: a temperature, a rejection threshold, and their trade-off.
+
+Fine-tuning calls :func:`calibrate` on the held-out validation cells once training is done and saves the
+result as ``model_dir/calibration.json``; annotation (:mod:`celler.annotate`) reads it back, scores each cell
+with ``max softmax(logits / temperature)`` and calls cells below ``threshold`` ``Unassigned``.
+
+**Temperature.** One scalar ``T`` minimising the negative log-likelihood of the validation labels under
+``softmax(logits / T)`` (Guo et al. 2017). It rescales confidence without changing any argmax. ``T`` is
+searched on a log scale in ``[0.05, 20]``; a validation set the model gets entirely right drives the NLL
+optimum to the lower bound (sharper is always better there), which is why the threshold below does not
+rely on the temperature alone.
+
+**Threshold** (the rule, in order):
+
+1. ``t_accuracy``: the lowest confidence cut at which the validation cells kept (confidence >= cut) are at
+   least ``TARGET_ACCURACY`` (95%) right. Lower cuts keep more cells but let the kept accuracy fall below
+   the target.
+2. ``t_known``: the ``1 - TARGET_ACCURACY`` (5%) quantile of the confidence of the correctly predicted
+   validation cells: a cell of a *known* type that the model gets right is called ``Unassigned`` at most
+   about 5% of the time (a split-conformal bound), while a cell less confident than 95% of those is unusual
+   enough to be left unassigned. This is the part that rejects types absent from training, which the
+   validation cells (all of known types) cannot show directly.
+3. ``threshold = clip(max(t_accuracy, t_known), MIN_THRESHOLD, MAX_THRESHOLD)``: never below 1/2 ... no
+   lower than chance-level certainty ``MIN_THRESHOLD`` and never so high that nothing is assigned.
+
+With fewer than ``MIN_CELLS`` validation cells the quantile is meaningless and the documented default
+``DEFAULT_THRESHOLD`` is used (the same value annotation falls back to without a ``calibration.json``).
+``curve`` lists coverage and accuracy of the validation cells at a grid of thresholds so the trade-off can
+be read and a different cut chosen with ``celler annotate --threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+TARGET_ACCURACY = 0.95  # accuracy wanted among the cells that get a label
+DEFAULT_THRESHOLD = 0.5  # used without calibration.json, or with too few validation cells
+MIN_THRESHOLD = 0.3  # below this a "confident" call is hardly better than a coin flip between two types
+MAX_THRESHOLD = 0.99
+MIN_CELLS = 20  # validation cells needed to estimate the threshold
+T_BOUNDS = (0.05, 20.0)
+CURVE_GRID = [round(x, 2) for x in np.arange(0.0, 1.0, 0.05)] + [0.96, 0.97, 0.98, 0.99]
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> float:
+    return float(torch.nn.functional.cross_entropy(logits / temperature, targets))
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature minimising validation NLL: a coarse log grid, then golden-section refinement."""
+    lo, hi = (math.log(b) for b in T_BOUNDS)
+    grid = np.linspace(lo, hi, 61)
+    losses = [_nll(logits, targets, math.exp(g)) for g in grid]
+    k = int(np.argmin(losses))
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(40):  # NLL is unimodal in log T around the grid minimum
+        c, d = b - phi * (b - a), a + phi * (b - a)
+        if _nll(logits, targets, math.exp(c)) < _nll(logits, targets, math.exp(d)):
+            b = d
+        else:
+            a = c
+    best = (a + b) / 2
+    return float(math.exp(best)) if _nll(logits, targets, math.exp(best)) <= losses[k] else float(math.exp(grid[k]))
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray, thresholds) -> list[dict]:
+    """Per threshold: share of cells kept (confidence >= threshold) and accuracy among them."""
+    rows = []
+    for t in thresholds:
+        kept = confidence >= t
+        acc = float(correct[kept].mean()) if kept.any() else float("nan")
+        rows.append({"threshold": float(t), "coverage": float(kept.mean()) if len(kept) else 0.0,
+                     "accuracy": None if math.isnan(acc) else acc})
+    return rows
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, dict]:
+    """The rejection threshold of the module docstring, and its parts (for the record)."""
+    if len(confidence) < MIN_CELLS or not correct.any():
+        return DEFAULT_THRESHOLD, {"rule": f"default (fewer than {MIN_CELLS} validation cells or none right)"}
+    # 1. lowest cut (among the observed confidences) whose kept cells are >= TARGET_ACCURACY right
+    order = np.argsort(-confidence, kind="stable")
+    kept_acc = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)  # keep the k most confident
+    ok = np.flatnonzero(kept_acc >= TARGET_ACCURACY)
+    t_accuracy = float(confidence[order][ok[-1]]) if len(ok) else MAX_THRESHOLD
+    # 2. the 5% quantile of the confidence of right calls
+    t_known = float(np.quantile(confidence[correct], 1 - TARGET_ACCURACY, method="lower"))
+    t = min(max(t_accuracy, t_known, MIN_THRESHOLD), MAX_THRESHOLD)
+    return float(t), {"rule": "max(t_accuracy, t_known) clipped", "t_accuracy": t_accuracy, "t_known": t_known}
+
+
+def calibrate(val_logits: torch.Tensor, val_targets: np.ndarray) -> dict:
+    """Temperature, threshold and coverage/accuracy curve from validation logits ``(n, C)`` and class ids.
+
+    Targets below 0 (a class unseen in training) are ignored. Returns a JSON-serialisable dict
+    ``{"temperature", "threshold", "curve": [{"threshold", "coverage", "accuracy"}], ...}``; see the module
+    docstring for the rule. With no usable validation cells: temperature 1 and the default threshold.
+    """
+    logits = torch.as_tensor(val_logits).detach().float().cpu()
+    targets = np.asarray(val_targets, dtype=np.int64).reshape(-1)
+    if logits.ndim != 2 or logits.shape[0] != len(targets):
+        msg = f"calibrate: logits {tuple(logits.shape)} and targets ({len(targets)},) do not match"
+        raise ValueError(msg)
+    keep = targets >= 0
+    logits, targets = logits[torch.from_numpy(keep)], targets[keep]
+    out = {"temperature": 1.0, "threshold": DEFAULT_THRESHOLD, "target_accuracy": TARGET_ACCURACY,
+           "n_cells": int(len(targets)), "curve": []}
+    if len(targets) == 0:
+        out["rule"] = "default (no validation cells)"
+        return out
+    t = torch.from_numpy(targets)
+    temperature = fit_temperature(logits, t)
+    prob = torch.softmax(logits / temperature, dim=1)
+    conf, pred = prob.max(1)
+    confidence, correct = conf.numpy().astype(np.float64), pred.numpy() == targets
+    threshold, parts = choose_threshold(confidence, correct)
+    out.update({
+        "temperature": temperature, "threshold": threshold, **parts,
+        "nll_before": _nll(logits, t, 1.0), "nll_after": _nll(logits, t, temperature),
+        "val_accuracy": float(correct.mean()),
+        "curve": coverage_curve(confidence, correct, sorted({*CURVE_GRID, round(threshold, 4)})),
+    })
+    return out
+
+
+__all__ = ["DEFAULT_THRESHOLD", "calibrate", "choose_threshold", "coverage_curve", "fit_temperature"]

@@ -1,0 +1,106 @@
+"""Fine-tuning: two label levels, model directory, induced long tail, auto, two-stage, frozen encoder."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from celler.errors import CellerError
+from celler.finetune import (FinetuneConfig, finetune, load_classifier, loss_candidates, predictions_table,
+                             validation_split)
+from celler.longtail import induce_long_tail
+from celler.metrics import hierarchy_disagreement
+from celler.tokens import TokenStore
+
+FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3}
+
+
+def test_two_levels_predicted_and_model_dir_self_describing(facs_tokens, tmp_path):
+    cfg = FinetuneConfig(**FAST, loss="ginf+hdm", loss_params={"hdm_n": 3})
+    model, levels, info = finetune(facs_tokens, tmp_path / "model", cfg)
+    assert set(levels) == {"subclass", "parent"}
+    assert len(levels["subclass"]) == 9 and len(levels["parent"]) == 5
+    d = tmp_path / "model"
+    labels = json.loads((d / "labels.json").read_text())
+    assert labels["subclass_to_parent"]["CD4+/CD45RO+ Memory T"] == "CD4 T"
+    assert sum(labels["class_counts"]["subclass"]) == info["n_train"]
+    for f in ("model.pt", "config.json", "vocab.json", "bin_edges.json", "train_log.csv"):
+        assert (d / f).exists()
+    store = TokenStore(facs_tokens)
+    test = np.flatnonzero(store.cells.split == "test")
+    pred, emb = predictions_table(model, store, test, cfg)
+    assert set(pred.level) == {"subclass", "parent"} and len(pred) == 2 * len(test)
+    assert emb.shape == (len(test), model.encoder.config.d_model)
+    # reloading gives the same predictions
+    loaded, _ = load_classifier(d)
+    pred2, _ = predictions_table(loaded, store, test, cfg)
+    assert pred.predicted.equals(pred2.predicted)
+    sub = pred[pred.level == "subclass"].set_index("cell")["predicted"]
+    par = pred[pred.level == "parent"].set_index("cell")["predicted"]
+    dis = hierarchy_disagreement(sub, par, labels["subclass_to_parent"])
+    assert 0.0 <= dis <= 1.0
+
+
+def test_newer_model_format_is_refused(facs_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1})
+    finetune(facs_tokens, tmp_path / "m", cfg)
+    blob = torch.load(tmp_path / "m/model.pt", weights_only=True)
+    blob["format_version"] = 99
+    torch.save(blob, tmp_path / "m/model.pt")
+    with pytest.raises(CellerError, match="classifier format 99"):
+        load_classifier(tmp_path / "m")
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CellerError, match="missing model.pt"):
+        load_classifier(tmp_path)
+
+
+def test_validation_split_is_stratified_and_keeps_singletons():
+    labels = np.array([0] * 50 + [1] * 10 + [2])
+    train, val = validation_split(labels, np.arange(61), 0.2, seed=0)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 61
+    assert (labels[val] == 0).sum() == 10 and (labels[val] == 1).sum() == 2 and 60 in train
+
+
+def test_induced_long_tail_restricts_training_cells(pancreas_tokens, tmp_path):
+    store = TokenStore(pancreas_tokens)
+    train = store.cells[store.cells.split == "train"]
+    kept, table, ratio = induce_long_tail(train["label"].astype(str), ratio=10, seed=0)
+    cfg = FinetuneConfig(**FAST, loss="balanced_softmax")
+    _, _, info = finetune(pancreas_tokens, tmp_path / "m", cfg, train_cells=kept)
+    assert info["n_train"] + info["n_val"] == len(kept)
+    counts = pd.Series(info["class_counts"]["subclass"])
+    assert counts.max() <= table["n_kept"].max()
+
+
+def test_auto_grid_candidates_and_choice(pancreas_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1}, loss="auto", auto_grid={"tau": [0.5, 1.0], "sigma": [0.0]})
+    cands = loss_candidates(cfg)
+    assert [c[1]["tau"] for c in cands] == [0.5, 1.0] and all(c[0] == "ginf+hdm" for c in cands)
+    _, _, info = finetune(pancreas_tokens, tmp_path / "m", cfg)
+    assert info["loss_params"]["tau"] in (0.5, 1.0)
+    chosen = json.loads((tmp_path / "m/config.json").read_text())["chosen"]
+    assert chosen["loss"] == "ginf+hdm"
+
+
+def test_frozen_encoder_trains_heads_only(pancreas_tokens, tmp_path):
+    cfg = FinetuneConfig(**FAST, freeze_encoder=True, two_stage=True, two_stage_confidence=0.0)
+    torch.manual_seed(cfg.seed)
+    model, _, _ = finetune(pancreas_tokens, tmp_path / "m", cfg)
+    from celler.finetune import build_encoder
+
+    torch.manual_seed(cfg.seed)
+    fresh = build_encoder(cfg, TokenStore(pancreas_tokens), None)
+    for (k, a), b in zip(model.encoder.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    log = pd.read_csv(tmp_path / "m/train_log.csv")
+    assert "hard" in set(log.stage)  # the second stage ran on confidently misclassified cells
+
+
+def test_finetune_learns_pancreas_better_than_chance(pancreas_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 8, "patience": 8, "max_len": 128, "lr": 3e-3}, loss="ce")
+    model, levels, info = finetune(pancreas_tokens, tmp_path / "m", cfg)
+    assert info["val_macro_f1"] > 0.5  # 7 classes: chance is ~0.14
