@@ -8,13 +8,12 @@ in one process: with length-bucketed batches and with naive random batches. Batc
 the clock starts, so the figures are the model's; the data column gives collate time per batch
 separately. tokens/s counts real (non-padding) tokens; the model FLOPs count only real tokens too
 (``Encoder.estimate_flops_per_token`` per cell length), so MFU is useful work against the card's dense
-bf16 peak. Prints a table and appends a section to benchmarks/RESULTS.md.
+bf16 peak. Prints a table and appends a section to benchmarks/RESULTS.md (benchmarks/_common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
+from _common import append_results  # noqa: E402  (benchmarks/, sys.path[0] when run as a script)
 
 from celler.batching import (  # noqa: E402
     CellDataset,
@@ -110,18 +110,6 @@ def run(store, preset_name, *, bucket, max_len, batch_size, steps, warmup, devic
             "loss": loss.item(), "model": describe(cfg)}
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or "CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", help="token store directory (default: pbmc3k, built into a temporary cache)")
@@ -132,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--device", default="auto")
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not detected")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="'' to not append")
+    p.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
@@ -164,28 +152,21 @@ def main(argv=None) -> int:
         ratios.append(f"{name}: bucketed/naive cells/s x{b['cells_s'] / n['cells_s']:.2f}, "
                       f"padding {b['padding']:.1%} vs {n['padding']:.1%}")
     table = "\n".join(lines)
-    print("\n" + table + "\n" + "\n".join(ratios))
-
-    if args.results:
+    if args.no_results:
+        print("\n" + table + "\n" + "\n".join(ratios))
+    else:  # append_results prints the section too
         n_vocab = len(store.vocab())
-        command = "python benchmarks/pretrain.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        section = [
-            f"## {time.strftime('%Y-%m-%d %H:%M')} — {device.type.upper()}: {machine(device)}", "",
-            f"- command: `{command.strip()}`",
-            f"- data: {len(store)} cells of {store.path.name} ({store.meta.get('dataset', '?')}), "
-            f"{args.steps} timed steps after {args.warmup} warm-up, mask ratio 0.15",
+        device_text = (f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+                       if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads")
+        notes = [
+            f"- device: {device_text}, torch {torch.__version__}; MFU peak: {peak_text}"
+            + ("" if device.type == "cuda" else " (GPU run pending: no GPU on this machine)"),
+            f"- data: {len(store)} cells of {store.meta.get('dataset', store.path.name)}; {args.steps} timed "
+            f"steps after {args.warmup} warm-up; mask ratio 0.15; bf16 autocast on CUDA, float32 on CPU",
             "- models: " + "; ".join(f"{n}: {describe(preset(n, vocab_size=n_vocab))}" for n in args.presets),
-            f"- MFU peak: {peak_text}" + ("" if device.type == "cuda" else
-                                           " — GPU run pending: no GPU on this machine"),
-            "", table, "", *[f"- {r}" for r in ratios], "", "",
+            *[f"- {r}" for r in ratios],
         ]
-        path = Path(args.results)
-        if not path.exists():
-            path.write_text("# Benchmarks\n\nOne section per run, newest last. Appended by the scripts in "
-                            "benchmarks/.\n\n")
-        with path.open("a") as f:
-            f.write("\n".join(section))
-        print(f"appended to {path}")
+        append_results("Pretraining throughput (benchmarks/pretrain.py)", table, "\n".join(notes))
     return 0
 
 

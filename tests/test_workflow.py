@@ -24,9 +24,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory):
+    """The whole default target of the test config: data, pretraining, fine-tuning, baselines, tables."""
     wd = tmp_path_factory.mktemp("wf")
-    proc = snakemake(wd, "results/pancreas/tokens", "results/pbmc68k/tokens", "results/pancreas/expr.h5ad",
-                     check=False)
+    proc = snakemake(wd, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return wd
 
@@ -78,3 +78,28 @@ def test_failed_job_leaves_no_output(tmp_path):
     assert not (tmp_path / "results/pbmc68k/qc/cells.tsv.gz").exists()
     log = (tmp_path / "logs/qc/pbmc68k.log").read_text()
     assert "obs column 'no_such_column' (config key 'label') not found" in log
+
+
+def test_finetune_and_evaluation_outputs(tokenized):
+    wd = tokenized
+    assert (wd / "results/pretrain/model/model.pt").exists()
+    for tissue in ("pancreas", "pbmc68k"):
+        pred = pd.read_csv(wd / f"results/{tissue}/celler/predictions.tsv", sep="\t")
+        assert set(pred.columns) == {"cell", "split", "level", "true", "predicted", "confidence"}
+        assert set(pred.split) == {"test"}
+        metrics = pd.read_csv(wd / f"results/{tissue}/evaluation/metrics.tsv", sep="\t")
+        assert set(metrics.method) == {"celler", "logreg", "knn"}
+        # every method is scored on the same test cells
+        assert metrics.groupby("method")["n_closed"].first().nunique() == 1
+    table = (wd / "results/tables/table3_datasets.md").read_text()
+    assert "pancreas" in table and "logreg" in table and "±" in table
+
+
+def test_ablation_target(tokenized):
+    proc = snakemake(tokenized, "ablation", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t4 = pd.read_csv(tokenized / "results/tables/table4_ablation.tsv", sep="\t")
+    assert set(t4["loss"]) == {"ce", "ginf_hdm"}
+    assert any("ratio10" in d for d in t4["dataset"])
+    runs = pd.read_csv(tokenized / "results/ablation/pbmc68k/metrics.tsv", sep="\t")
+    assert {"celler_ce", "logreg"} <= set(runs.method) and set(runs.imbalance) == {"natural", "ratio10"}

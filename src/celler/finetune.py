@@ -61,6 +61,7 @@ class FinetuneConfig:
     lr: float = 5e-4  # peak AdamW learning rate (heads and encoder)
     weight_decay: float = 0.01
     epochs: int = 10  # at most this many passes over the training cells
+    max_steps: int | None = None  # caps the epochs of large tissues: at most ceil(max_steps / steps per epoch)
     patience: int = 3  # stop after this many epochs without a better validation macro-F1
     val_fraction: float = 0.1  # stratified share of the training cells used for model selection
     freeze_encoder: bool = False  # train the heads only (the encoder's embeddings are computed once)
@@ -208,6 +209,8 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
     # a frozen encoder has requires_grad False, so only the heads reach the optimiser
     optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device.type)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / cfg.batch_size)))
+    if cfg.max_steps:
+        epochs = max(1, min(epochs, int(np.ceil(cfg.max_steps / steps_per_epoch))))
     total_steps = epochs * steps_per_epoch
     warmup = max(1, total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to 0

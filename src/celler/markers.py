@@ -45,8 +45,17 @@ _PHRASES = (
     (r"\bdendritic\b", "dc"),
 )
 _WORDS = {
-    "mono": "monocyte", "eryth": "erythroid", "erythrocyte": "erythroid", "mk": "megakaryocyte",
-    "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "dcs": "dc", "nks": "nk",
+    "mono": "monocyte",
+    "eryth": "erythroid",
+    "erythrocyte": "erythroid",
+    "mk": "megakaryocyte",
+    "α": "alpha",
+    "β": "beta",
+    "γ": "gamma",
+    "δ": "delta",
+    "ε": "epsilon",
+    "dcs": "dc",
+    "nks": "nk",
 }
 # Words that never distinguish cell types (the tissue's own adjective included).
 _STOP = {"cell", "cells", "pancreatic", "human", "type", "of", "the", "and"}
@@ -80,8 +89,14 @@ def _panglao(path: Path) -> pd.DataFrame:
     t = pd.read_csv(path, sep="\t")
     t = t[t["species"].astype(str).str.contains("Hs")]
     t = t.sort_values("canonical marker", ascending=False, kind="stable")  # canonical markers first
-    return pd.DataFrame({"source": "PanglaoDB", "tissue": t["organ"], "cell_type": t["cell type"],
-                         "gene": t["official gene symbol"]})
+    return pd.DataFrame(
+        {
+            "source": "PanglaoDB",
+            "tissue": t["organ"],
+            "cell_type": t["cell type"],
+            "gene": t["official gene symbol"],
+        }
+    )
 
 
 def _split_genes(t: pd.DataFrame, gene_col: str) -> pd.Series:
@@ -91,14 +106,17 @@ def _split_genes(t: pd.DataFrame, gene_col: str) -> pd.Series:
 def _cellmarker(path: Path) -> pd.DataFrame:
     t = pd.read_csv(path)
     t = t.assign(gene=_split_genes(t, "Gene")).explode("gene")
-    return pd.DataFrame({"source": "CellMarker", "tissue": t["Tissue"], "cell_type": t["CT"], "gene": t["gene"]})
+    return pd.DataFrame(
+        {"source": "CellMarker", "tissue": t["Tissue"], "cell_type": t["CT"], "gene": t["gene"]}
+    )
 
 
 def _sctype(path: Path) -> pd.DataFrame:
     t = pd.read_csv(path, sep="\t")
     t = t.assign(gene=_split_genes(t, "geneSymbolmore1")).explode("gene")  # geneSymbolmore2: negative markers
-    return pd.DataFrame({"source": "ScType", "tissue": t["tissueType"], "cell_type": t["cellName"],
-                         "gene": t["gene"]})
+    return pd.DataFrame(
+        {"source": "ScType", "tissue": t["tissueType"], "cell_type": t["cellName"], "gene": t["gene"]}
+    )
 
 
 def tissue_rows(table: pd.DataFrame, tissue: str) -> pd.DataFrame:
@@ -156,9 +174,9 @@ def known_markers(
 ) -> pd.DataFrame:
     """Up to ``n`` known markers per label from the tables' rows for ``tissue``, present in ``genes``.
 
-    Returns ``label, gene, votes, sources, matched`` (votes = matched table entries listing the gene; genes are
-    ranked by votes, then by table order; a gene listed for several labels stays with those where it has the
-    most votes) - an empty frame when nothing matches.
+    Returns ``label, gene, votes, sources, matched`` (votes = matched table entries listing the gene; genes
+    are ranked by votes, then by table order; a gene listed for several labels stays with those where it has
+    the most votes) - an empty frame when nothing matches.
     """
     cols = ["label", "gene", "votes", "sources", "matched"]
     rows = tissue_rows(table, tissue)
@@ -174,11 +192,15 @@ def known_markers(
         return pd.DataFrame(columns=cols)
     f = pd.DataFrame(found, columns=["label", "gene", "source", "matched", "order"])
     agg = f.groupby(["label", "gene"], sort=False).agg(
-        votes=("matched", "size"), order=("order", "min"),
+        votes=("matched", "size"),
+        order=("order", "min"),
         sources=("source", lambda s: ", ".join(dict.fromkeys(s))),
-        matched=("matched", lambda s: "; ".join(dict.fromkeys(s))))
+        matched=("matched", lambda s: "; ".join(dict.fromkeys(s))),
+    )
     agg = agg.reset_index()
-    agg = agg[agg["votes"] == agg.groupby("gene")["votes"].transform("max")]  # a gene goes where it scores most
+    agg = agg[
+        agg["votes"] == agg.groupby("gene")["votes"].transform("max")
+    ]  # a gene goes where it scores most
     agg = agg.sort_values(["votes", "order"], ascending=[False, True], kind="stable")
     agg = agg.groupby("label", sort=False).head(n)
     agg["label"] = pd.Categorical(agg["label"], categories=list(dict.fromkeys(labels)))
@@ -205,7 +227,9 @@ def ranked_markers(adata: ad.AnnData, groupby: str, *, n: int = 3) -> dict[str, 
     sc.tl.rank_genes_groups(sub, groupby, method="wilcoxon", key_added="celler_rank", use_raw=False)
     res = sc.get.rank_genes_groups_df(sub, group=None, key="celler_rank")
     res = res[res["logfoldchanges"] > 0]
-    return {str(g): part["names"].head(n).astype(str).tolist() for g, part in res.groupby("group", observed=True)}
+    return {
+        str(g): part["names"].head(n).astype(str).tolist() for g, part in res.groupby("group", observed=True)
+    }
 
 
 def marker_budget(n_groups: int) -> tuple[int, int]:
@@ -225,15 +249,17 @@ def combine_markers(
     rows, seen = [], set()
     for label in order:
         for gene, is_known in [(g, False) for g in ranked.get(label, [])] + [
-                (g, True) for g in known_of.get(label, [])]:
+            (g, True) for g in known_of.get(label, [])
+        ]:
             if gene not in seen:
                 seen.add(gene)
                 rows.append((gene, label, is_known))
     return pd.DataFrame(rows, columns=["gene", "marker_of", "known"])
 
 
-def dot_table(adata: ad.AnnData, groupby: str, genes: Sequence[str], *, order: Sequence[str] | None = None
-              ) -> pd.DataFrame:
+def dot_table(
+    adata: ad.AnnData, groupby: str, genes: Sequence[str], *, order: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Fraction of cells expressing (> 0) and mean expression of ``genes`` per group.
 
     Long format: ``group, gene, fraction, mean, n_cells``; groups in ``order`` (default: sorted), genes in the

@@ -43,14 +43,24 @@ def iter_chunks(
     mapping: GeneMapping,
     *,
     chunk_size: int = 20_000,
+    row_range: tuple[int, int] | None = None,
 ) -> Iterator[Chunk]:
-    """Yield :class:`Chunk` s over every input of ``spec`` in file order, kept cells only."""
+    """Yield :class:`Chunk` s over every input of ``spec`` in file order, kept cells only.
+
+    ``row_range=(start, stop)`` reads only those input rows, counted over the inputs in order (one shard).
+    """
     columns = token_columns(mapping, genes)
     col_of_token = pd.Series(np.arange(len(columns)), index=columns)
     gene_ok = genes["kept"]
     token_of_gene = mapping.table.set_index("gene")["token_id"]
+    offset = 0
     for infile in spec.inputs:
         with MatrixReader(infile.path, spec.matrix) as reader:
+            lo, hi = (0, reader.n_cells) if row_range is None else (
+                max(row_range[0] - offset, 0), min(row_range[1] - offset, reader.n_cells))
+            offset += reader.n_cells
+            if lo >= hi:
+                continue
             var = reader.var.index.astype(str)
             tok = token_of_gene.reindex(var).fillna(-1).astype(np.int64).to_numpy()
             tok[~gene_ok.reindex(var, fill_value=False).to_numpy(dtype=bool)] = -1
@@ -62,7 +72,8 @@ def iter_chunks(
             project = (merge @ expand).tocsr()  # input genes -> dataset token columns
             table = cells.reindex(reader.obs.index.astype(str))
             kept = table["kept"].to_numpy(dtype=bool)
-            for start, x in reader.chunks(chunk_size):
+            for start in range(lo, hi, chunk_size):
+                x = reader.rows(start, min(start + chunk_size, hi))
                 rows = kept[start:start + x.shape[0]]
                 if not rows.any():
                     continue
@@ -74,7 +85,7 @@ def iter_chunks(
                     cells=table.iloc[start:start + len(rows)][rows],
                     x=out,
                     library_size=np.asarray(x.sum(axis=1)).ravel(),
-                    kind=str(table["kind"].iloc[0]),
+                    kind=str(table["kind"].iloc[start]),
                 )
 
 

@@ -203,6 +203,7 @@ def tokenize(
     chunk_size: int = 20_000,
     max_edge_values: int = 20_000_000,
     seed: int = 0,
+    row_range: tuple[int, int] | None = None,
 ) -> Path:
     """Bin and write the kept cells of ``spec`` as a token store at ``out`` (atomically).
 
@@ -210,7 +211,8 @@ def tokenize(
     binned with ``scheme`` ('per_batch' quantile edges over each batch's non-zero values, or 'per_cell').
     The input is read once: per-batch values are spooled to a temporary float32 file while their edges are
     estimated, then binned from that file; given ``edges`` (e.g. shared by the shards of one atlas) bins are
-    written directly. Memory is bounded by ``chunk_size``.
+    written directly. Memory is bounded by ``chunk_size``. ``row_range=(start, stop)`` tokenises only those
+    input rows (one shard; see :mod:`celler.shards`).
     """
     if scheme not in ("per_batch", "per_cell"):
         msg = f"binning scheme must be 'per_batch' or 'per_cell', got {scheme!r}"
@@ -227,7 +229,7 @@ def tokenize(
         writer = TokenStoreWriter(tmp)
         spool_file = (tmp / "values.f32").open("wb") if spool else None
         with tqdm(total=int(cells["kept"].sum()), desc=f"{spec.name}: tokenize", unit="cell", mininterval=5) as bar:
-            for chunk in iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size):
+            for chunk in iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size, row_range=row_range):
                 x = normalised_log(chunk) if normalize else chunk.x
                 batches = chunk.cells["batch"].astype(str).to_numpy()
                 if spool:

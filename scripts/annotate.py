@@ -1,0 +1,10 @@
+"""Snakemake script: annotate one query .h5ad with a tissue's fine-tuned model (celler.annotate.annotate_file)."""
+from celler.annotate import annotate_file
+from celler.cli import run_guarded
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_guarded(
+    lambda: annotate_file(sm.input.query, sm.input.model, out=sm.output.h5ad, csv=sm.output.csv,
+                          labels_out=sm.output.labels, markers_out=sm.output.markers, **sm.params.settings),
+    log_path=sm.log[0],
+)

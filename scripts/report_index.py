@@ -1,0 +1,10 @@
+"""Snakemake script: the index page linking the tissue reports (logic in celler.report.build_index)."""
+
+from pathlib import Path
+
+from celler.cli import run_guarded
+from celler.report import build_index
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+reports = {Path(p).parent.name: p for p in sm.input}
+run_guarded(lambda: build_index(reports, sm.output[0]), log_path=sm.log[0])

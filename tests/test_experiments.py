@@ -1,0 +1,83 @@
+"""Shared-split runs: training-cell lists, baselines on listed cells, evaluation of runs, tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from celler.errors import CellerError
+from celler.experiments import (ablation_table, baseline_stage, comparison_tables, evaluate_runs, parse_imbalance,
+                                read_cell_list, train_counts, training_cells_stage)
+
+
+@pytest.fixture(scope="module")
+def pbmc68k(tmp_path_factory):
+    """QC table and expression matrix of the real pbmc68k_reduced set (stratified 70/30 split)."""
+    from celler.config import dataset_spec
+    from celler.resources import default_vocab_path
+    from celler.stages import expression_stage, map_stage, qc_stage
+
+    d = tmp_path_factory.mktemp("pbmc68k")
+    spec = dataset_spec("pbmc68k", {"inputs": ["resources/data/pbmc68k_reduced.h5ad"], "matrix": "raw",
+                                    "label": "bulk_labels", "split": {"by": "fraction", "test_fraction": 0.3},
+                                    "qc": {"min_genes": 50, "min_cells": 3}})
+    qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "s.tsv",
+             plot_out=d / "qc.png")
+    map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "m.tsv.gz",
+              report_out=d / "r.tsv", vocab_out=d / "vocab.json")
+    expression_stage(spec, cells_path=d / "cells.tsv.gz", genes_path=d / "genes.tsv.gz",
+                     mapping_path=d / "m.tsv.gz", vocab_path=d / "vocab.json", out=d / "expr.h5ad")
+    return d
+
+
+def test_parse_imbalance():
+    assert parse_imbalance("natural") is None and parse_imbalance("ratio100") == 100.0
+    with pytest.raises(CellerError, match="ratioN"):
+        parse_imbalance("100x")
+
+
+def test_natural_list_is_every_training_cell_and_induced_is_a_subset(pbmc68k, tmp_path):
+    cells = pd.read_csv(pbmc68k / "cells.tsv.gz", sep="\t", index_col=0)
+    training_cells_stage(pbmc68k / "cells.tsv.gz", imbalance="natural", seed=0, cells_out=tmp_path / "n.txt",
+                         table_out=tmp_path / "n.tsv")
+    natural = read_cell_list(tmp_path / "n.txt")
+    assert set(natural) == set(cells.index[cells.split == "train"])
+    for seed in (0, 1):
+        training_cells_stage(pbmc68k / "cells.tsv.gz", imbalance="ratio10", seed=seed,
+                             cells_out=tmp_path / f"r{seed}.txt", table_out=tmp_path / f"r{seed}.tsv")
+    r0, r1 = read_cell_list(tmp_path / "r0.txt"), read_cell_list(tmp_path / "r1.txt")
+    assert set(r0) < set(natural) and set(r0) != set(r1)
+    sizes = cells.loc[r0, "label"].value_counts()
+    assert 9 <= sizes.max() / sizes.min() <= 11  # the realised ratio is the requested one
+    assert "realised_ratio=" in (tmp_path / "r0.tsv").read_text().splitlines()[0]
+
+
+def test_baseline_trains_on_listed_cells_only_and_scores(pbmc68k, tmp_path):
+    training_cells_stage(pbmc68k / "cells.tsv.gz", imbalance="ratio10", seed=0, cells_out=tmp_path / "r.txt",
+                         table_out=tmp_path / "r.tsv")
+    baseline_stage(pbmc68k / "expr.h5ad", method="logreg", seed=0, train_cells_path=tmp_path / "r.txt",
+                   out=tmp_path / "pred.tsv")
+    pred = pd.read_csv(tmp_path / "pred.tsv", sep="\t")
+    cells = pd.read_csv(pbmc68k / "cells.tsv.gz", sep="\t", index_col=0)
+    assert set(pred.cell) == set(cells.index[cells.split == "test"])  # every test cell, never subsampled
+    runs = pd.DataFrame([{"method": "logreg", "imbalance": "ratio10", "seed": 0, "predictions": tmp_path / "pred.tsv",
+                          "train_cells": tmp_path / "r.txt"}])
+    metrics, per_class = evaluate_runs(runs, pbmc68k / "cells.tsv.gz")
+    assert metrics.loc[0, "macro_f1"] > 0.3
+    counts = train_counts(cells, read_cell_list(tmp_path / "r.txt"))["subclass"]
+    assert per_class.set_index("class")["train_count"].reindex(counts.index).fillna(0).astype(int).equals(counts)
+    assert per_class.loc[per_class.rare, "train_count"].max() < 0.03 * counts.sum()
+
+
+def test_tables_are_mean_and_std_over_seeds(tmp_path):
+    rows = [{"method": m, "imbalance": "natural", "seed": s, "level": "subclass", "accuracy": f, "macro_precision": f,
+             "macro_recall": f, "macro_f1": f, "weighted_f1": f, "balanced_accuracy": f, "rare_recall": f}
+            for m, base in (("celler", 0.8), ("logreg", 0.7)) for s, f in ((0, base), (1, base + 0.1))]
+    rows += [{**r, "method": "celler_ce"} for r in rows if r["method"] == "celler"]
+    pd.DataFrame(rows).to_csv(tmp_path / "m.tsv", sep="\t", index=False)
+    comparison_tables({"t1": tmp_path / "m.tsv"}, tmp_path)
+    t3 = pd.read_csv(tmp_path / "table3_datasets.tsv", sep="\t").set_index("method")
+    assert np.isclose(t3.loc["celler", "f1_mean"], 0.85) and np.isclose(t3.loc["celler", "f1_std"], np.std([0.8, 0.9], ddof=1))
+    assert "±" in (tmp_path / "table3_datasets.md").read_text()
+    ablation_table({"t1": tmp_path / "m.tsv"}, tmp_path / "t4.tsv")
+    t4 = pd.read_csv(tmp_path / "t4.tsv", sep="\t")
+    assert set(t4["loss"]) == {"celler", "ce"}

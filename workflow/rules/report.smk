@@ -1,0 +1,90 @@
+# HTML reports: one self-contained page per tissue (figures embedded) and an index page linking them.
+# Figures are also declared with report() so `snakemake --report report.html` shows them with captions.
+
+FINAL_OUTPUTS.extend(expand("results/{tissue}/report.html", tissue=TISSUES))
+FINAL_OUTPUTS.append("results/report_index.html")
+
+MARKER_TABLES = [
+    "resources/markers/PanglaoDB_markers_27_Mar_2020.tsv.gz",
+    "resources/markers/CellMarker2_Human_Aug.csv",
+    "resources/markers/ScTypeDB_full.tsv",
+]
+
+
+# The baseline comparison of a tissue when this run evaluates baselines, else nothing (the report then shows
+# Celler alone). Lambdas, not defs: `snakemake --lint` wants functions in common.smk.
+evaluation_inputs = lambda wildcards: (
+    [
+        f"results/{wildcards.tissue}/evaluation/metrics.tsv",
+        f"results/{wildcards.tissue}/evaluation/per_class.tsv",
+    ]
+    if config.get("evaluate")
+    else []
+)
+
+# One report figure of a tissue, with its caption in workflow/report/<name>.rst.
+report_figure = lambda name, title: report(
+    f"results/{{tissue}}/figures/{name}.png",
+    caption=f"../report/{name}.rst",
+    category="4. Report",
+    subcategory="{tissue}",
+    labels={"tissue": "{tissue}", "figure": title},
+)
+
+
+rule report_tissue:
+    input:
+        expr="results/{tissue}/expr.h5ad",
+        cells="results/{tissue}/qc/cells.tsv.gz",
+        genes="results/{tissue}/qc/genes.tsv.gz",
+        qc_summary="results/{tissue}/qc/summary.tsv",
+        qc_plot="results/{tissue}/qc/qc.png",
+        vocab="results/{tissue}/vocab/report.tsv",
+        model="results/{tissue}/model",
+        predictions="results/{tissue}/celler/predictions.tsv",
+        metrics="results/{tissue}/celler/metrics.tsv",
+        per_class="results/{tissue}/celler/per_class.tsv",
+        embeddings="results/{tissue}/celler/embeddings.npz",
+        pretrained=pretrained_model(),
+        evaluation=evaluation_inputs,
+        markers=MARKER_TABLES,
+    output:
+        html=report(
+            "results/{tissue}/report.html",
+            caption="../report/tissue_report.rst",
+            category="4. Report",
+            subcategory="{tissue}",
+            labels={"tissue": "{tissue}", "figure": "HTML report"},
+        ),
+        class_sizes=report_figure("class_sizes", "class sizes"),
+        training_curves=report_figure("training_curves", "training curves"),
+        f1_vs_size=report_figure("f1_vs_size", "per-class F1 vs class size"),
+        confusion=report_figure("confusion", "confusion matrix"),
+        umap=report_figure("umap", "UMAP"),
+        dotplot_true=report_figure("dotplot_true", "marker genes, true labels"),
+        dotplot_predicted=report_figure("dotplot_predicted", "marker genes, predicted labels"),
+    params:
+        marker_tissue=lambda wc: config["tissues"][wc.tissue].get("marker_tissue"),
+    resources:
+        mem_mb=4000,
+    log:
+        "logs/report/{tissue}.log",
+    benchmark:
+        "results/benchmarks/report/{tissue}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/report_tissue.py"
+
+
+rule report_index:
+    input:
+        expand("results/{tissue}/report.html", tissue=TISSUES),
+    output:
+        "results/report_index.html",
+    log:
+        "logs/report/index.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/report_index.py"
