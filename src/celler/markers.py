@@ -162,7 +162,7 @@ def match_cell_types(labels: Iterable[str], cell_types: Iterable[str]) -> dict[s
     candidates = [(ct, toks) for ct in dict.fromkeys(cell_types) for toks in name_tokens(str(ct))]
     out = {}
     for label in labels:
-        label_words = set().union(*name_tokens(str(label))) if name_tokens(str(label)) else set()
+        label_words = set().union(*name_tokens(str(label)))
         fits = [(len(toks), ct) for ct, toks in candidates if toks <= label_words]
         best = max((n for n, _ in fits), default=0)
         out[label] = list(dict.fromkeys(ct for n, ct in fits if n == best))

@@ -365,6 +365,9 @@ def _load_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, run, rank):
     if any(ck[k] != v for k, v in run.items()):
         msg = f"{path}: written for other data ({ck['stores']}, {ck['n_cells']} cells); delete it to restart"
         raise CellerError(msg)
+    changed = {k: v for k, v in asdict(cfg).items() if ck["config"].get(k) != v}
+    if changed and rank == 0:
+        print(f"resuming {path} (step {ck['step']}) with changed settings: {changed}", flush=True)
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])

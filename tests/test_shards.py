@@ -1,0 +1,152 @@
+"""Sharded tokenisation (celler.shards, workflow/rules/shards.smk) equals unsharded tokenisation cell for cell.
+
+Synthetic data only (celler.synth; never reported as real data): 2,400 cells in two input files, 3 batches.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from celler.binning import quantile_edges
+from celler.config import dataset_spec
+from celler.resources import default_vocab_path
+from celler.shards import ValueSample, merge_samples, plan_shards, tokenize_sharded
+from celler.stages import map_stage, qc_stage, read_mapping, read_qc
+from celler.synth import make_synthetic
+from celler.tokens import ConcatStore, TokenStore, tokenize
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = {"inputs": ["data/a.h5ad", "data/b.h5ad"], "batch": "batch", "qc": {"min_genes": 30, "min_cells": 3}}
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    """data/a.h5ad (1,500 cells) and data/b.h5ad (900 cells): one synthetic count dataset in two files."""
+    d = tmp_path_factory.mktemp("shards")
+    (d / "data").mkdir()
+    a = make_synthetic(2400, n_genes=400, n_batches=3, n_subclasses=(5, 8), seed=3)
+    a[:1500].copy().write_h5ad(d / "data/a.h5ad")
+    a[1500:].copy().write_h5ad(d / "data/b.h5ad")
+    return d
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_dir):
+    """QC and gene mapping of the synthetic dataset: (spec, cells, genes, mapping)."""
+    d = synth_dir
+    spec = dataset_spec("atlas", {**BLOCK, "inputs": [str(d / p) for p in BLOCK["inputs"]]})
+    qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "summary.tsv",
+             plot_out=d / "qc.png")
+    map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "map.tsv.gz",
+              report_out=d / "report.tsv", vocab_out=d / "vocab.json")
+    cells, genes = read_qc(d / "cells.tsv.gz", d / "genes.tsv.gz")
+    return spec, cells, genes, read_mapping(d / "map.tsv.gz", d / "vocab.json")
+
+
+def assert_same_store(full: TokenStore, parts: list[Path]) -> None:
+    """The shards' stores, read together, hold the unsharded store's cells: same order, tokens, bins, rows."""
+    shards = [TokenStore(p) for p in parts]
+    both = ConcatStore(shards)
+    assert len(both) == len(full)
+    for i in range(len(full)):
+        g1, b1 = full[i]
+        g2, b2 = both[i]
+        assert np.array_equal(g1, g2), i
+        assert np.array_equal(b1, b2), i
+    pd.testing.assert_frame_equal(both.cells, full.cells)
+    for name in ("genes.bin", "bins.bin"):  # byte for byte, shard after shard
+        assert b"".join((p / name).read_bytes() for p in parts) == (full.path / name).read_bytes(), name
+    for s in shards:
+        assert s.meta["dataset"] == full.meta["dataset"]
+        assert {b: e.tolist() for b, e in s.bin_edges().items()} == {b: e.tolist() for b, e in full.bin_edges().items()}
+        assert (s.path / "vocab.json").read_bytes() == (full.path / "vocab.json").read_bytes()
+
+
+def test_plan_covers_every_kept_cell_once(prepared):
+    spec, cells, _, _ = prepared
+    plan = plan_shards(cells, spec, 400)
+    assert plan["n_kept"].max() <= 400 and plan["n_kept"].sum() == cells["kept"].sum()
+    assert plan.groupby("input")["n_kept"].sum().tolist() == cells.groupby("input", sort=False)["kept"].sum().tolist()
+    for _, f in plan.groupby("input"):  # contiguous row ranges covering each file
+        assert f["start"].iloc[0] == 0 and (f["start"].iloc[1:].to_numpy() == f["stop"].iloc[:-1].to_numpy()).all()
+    per_file = plan_shards(cells, spec, None)
+    assert per_file[["input", "start", "stop"]].values.tolist() == [[0, 0, 1500], [1, 0, 900]]
+
+
+@pytest.mark.parametrize("scheme", ["per_batch", "per_cell"])
+def test_sharded_stores_equal_the_unsharded_store(prepared, tmp_path, scheme):
+    spec, cells, genes, mapping = prepared
+    full = tokenize(spec, cells, genes, mapping, tmp_path / "full", scheme=scheme, chunk_size=500)
+    parts = tokenize_sharded(spec, cells, genes, mapping, tmp_path / "shards", cells_per_shard=350,
+                             scheme=scheme, chunk_size=128)  # other chunking, shards that cut through files
+    assert len(parts) >= 5
+    assert_same_store(TokenStore(full), parts)
+
+
+def test_value_samples_merge_into_the_exact_edges():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(size=30_000).astype(np.float32)
+    a, b = ValueSample(max_values=20_000), ValueSample(max_values=20_000)
+    for chunk in np.array_split(values[:18_000], 7):
+        a.add("b1", chunk)
+    b.add("b1", values[18_000:])
+    b.add("b2", values[:10])
+    edges = merge_samples([a, b], 51, max_values=20_000)
+    assert list(edges) == ["b1", "b2"]
+    assert np.array_equal(edges["b1"], quantile_edges(values, 51))  # 30,000 <= 2 * max_values: exact
+
+
+def test_value_sample_stays_uniform_when_it_thins():
+    """Beyond 2 * max_values every value seen is held with one probability: sorted input gives unbiased edges."""
+    values = np.arange(1, 400_001, dtype=np.float32)  # ascending: a sampler biased towards late values shows
+    s = ValueSample(max_values=5_000, seed=1)
+    for chunk in np.array_split(values, 40):
+        s.add("b", chunk)
+    held = s.values("b")
+    assert 5_000 <= held.size <= 10_000
+    assert s.p["b"] == pytest.approx(held.size / values.size, rel=0.05)
+    assert abs(np.median(held) - 200_000) < 8_000
+    other = ValueSample(max_values=5_000, seed=2)
+    other.add("b", values[:1_000])  # a small shard, all held: thinned to the common probability on merge
+    edges = merge_samples([s, other], 11, max_values=5_000)["b"]
+    exact = quantile_edges(np.concatenate([values, values[:1_000]]), 11)
+    assert np.allclose(edges, exact, rtol=0.05)
+
+
+# --- through Snakemake -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not installed")
+def test_workflow_shards_equal_unsharded(synth_dir, tmp_path):
+    wd = tmp_path
+    (wd / "resources").symlink_to(REPO / "resources")
+    (wd / "data").symlink_to(synth_dir / "data")
+    cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    cfg["corpus"] = {"atlas": BLOCK}
+    cfg["shards"] = {"cells_per_shard": 700}
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml"), "-c2"]
+    proc = subprocess.run([*cmd, "results/atlas/shards/stores.txt", "results/atlas/tokens"], capture_output=True,
+                          text=True, check=False, cwd=wd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    stores = [wd / p for p in (wd / "results/atlas/shards/stores.txt").read_text().split()]
+    plan = pd.read_csv(wd / "results/atlas/shards/plan/plan.tsv", sep="\t")
+    assert len(stores) == len(plan) == 4  # 1,500 + 900 input cells, at most 700 kept cells per shard
+    assert_same_store(TokenStore(wd / "results/atlas/tokens"), stores)
+    edges = json.loads((wd / "results/atlas/shards/bin_edges.json").read_text())
+    assert edges == json.loads((wd / "results/atlas/tokens/bin_edges.json").read_text())
+    assert not list((wd / "results/atlas/shards").glob("*/values.npz"))  # temporary samples are gone
+
+    # the default run builds the shards, not an unsharded store; pretraining reads the shards' stores
+    dry = subprocess.run([*cmd, "-n", "-p", "--forceall", "results/pretrain/model"], capture_output=True,
+                         text=True, check=False, cwd=wd)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    command = next(line for line in (dry.stdout + dry.stderr).splitlines() if "pretrain.py" in line and "--stores" in line)
+    assert "results/atlas/shards/0000/tokens" in command and "results/atlas/tokens" not in command, command
