@@ -21,6 +21,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/shards.smk"
+include: "workflow/rules/annotate.smk"
 
 
 rule all:

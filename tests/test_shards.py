@@ -145,7 +145,7 @@ def test_workflow_shards_equal_unsharded(synth_dir, tmp_path):
     assert not list((wd / "results/atlas/shards").glob("*/values.npz"))  # temporary samples are gone
 
     # the default run builds the shards, not an unsharded store; pretraining reads the shards' stores
-    dry = subprocess.run([*cmd, "-n", "-p", "--forceall", "results/pretrain/model"], capture_output=True,
+    dry = subprocess.run([*cmd, "-n", "-p", "results/pretrain/model"], capture_output=True,
                          text=True, check=False, cwd=wd)
     assert dry.returncode == 0, dry.stderr[-3000:]
     command = next(line for line in (dry.stdout + dry.stderr).splitlines() if "pretrain.py" in line and "--stores" in line)

@@ -5,22 +5,12 @@ import sys
 from pathlib import Path
 
 
-def query_files():
-    """{tissue: {query stem: path}} from the tissues' `queries:` lists (stems must be unique per tissue)."""
-    out = {}
-    for tissue, block in config["tissues"].items():
-        stems = {}
-        for path in block.get("queries", []):
-            stem = Path(path).stem
-            if stem in stems:
-                sys.exit(f"celler: error: tissues.{tissue}.queries: {path} and {stems[stem]} share the name "
-                         f"{stem!r}; rename one (outputs are named by the file stem)")
-            stems[stem] = path
-        out[tissue] = stems
-    return out
-
-
-QUERIES = query_files()
+# {tissue: {query stem: path}} from the tissues' `queries:` lists; stems name the outputs, so they must be unique
+QUERIES = {t: {Path(q).stem: q for q in b.get("queries", [])} for t, b in config["tissues"].items()}
+for _tissue, _stems in QUERIES.items():
+    if len(_stems) < len(config["tissues"][_tissue].get("queries", [])):
+        sys.exit(f"celler: error: tissues.{_tissue}.queries: two files share a name (outputs are named by the "
+                 "file stem); rename one")
 
 FINAL_OUTPUTS.extend(
     f"results/annotate/{tissue}/{stem}.{ext}"
