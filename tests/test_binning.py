@@ -3,7 +3,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from celler.binning import EdgeSampler, bin_per_batch, bin_per_cell, digitize, quantile_edges
+from celler.binning import ValueSample, bin_per_batch, bin_per_cell, digitize, quantile_edges
 
 
 def _random_counts(n, g, seed, scale=1.0):
@@ -16,7 +16,7 @@ def test_edges_differ_between_batches_and_follow_their_values():
     a, b = _random_counts(200, 50, 0), _random_counts(200, 50, 1, scale=8.0)
     x = sp.vstack([a, b]).tocsr()
     batches = np.array(["a"] * 200 + ["b"] * 200)
-    s = EdgeSampler()
+    s = ValueSample()
     for name, part in (("a", a), ("b", b)):
         s.add(name, part.data)
     edges = s.edges(11)
@@ -75,7 +75,7 @@ def test_per_cell_mode_ranks_within_each_cell():
 
 def test_edge_sampler_bounds_memory_and_stays_close():
     rng = np.random.default_rng(0)
-    s = EdgeSampler(max_values=10_000, seed=0)
+    s = ValueSample(max_values=10_000, seed=0)
     full = []
     for _ in range(20):
         v = rng.exponential(size=5_000).astype(np.float32)

@@ -1,10 +1,11 @@
-"""Per-rule conda environments (envs/*.yaml): they parse, every rule names one, and each provides what the rule imports.
+"""Per-rule conda environments (envs/*.yaml): they parse, every rule names one, each provides what it imports.
 
-Static checks, no conda needed (~1 s): the rule files are read as text, the scripts and the celler modules they
-use with ``ast``. A rule's imports are its script's own imports (a shell rule: the ``scripts/*.py`` it names),
-followed into ``celler``: a module's import-time imports, transitively, plus the imports inside the functions a
-script takes from it (the lazy imports of what it calls), so a data rule is not charged with torch because some
-other function of a module it uses imports torch lazily.
+Static checks, no conda needed (~1 s): rule files are read as text, scripts and the celler modules they use
+with ``ast``. A rule's imports are its script's own imports (a shell rule: the ``scripts/*.py`` or
+``python -m celler.X`` it runs), followed into ``celler``: a module's import-time imports, transitively, plus
+the imports inside the functions a script takes from it (the lazy imports of what it calls), and all lazy
+imports of the modules those load; so a data rule is not charged with torch because some unrelated function
+of a module it uses imports torch lazily.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ FIRST_PARTY = {"celler"}
 ACTIONS = ("shell", "script", "notebook", "wrapper", "cwl", "run")
 
 
-# --- environment files -------------------------------------------------------------------------------------------
+# --- environment files --------------------------------------------------------------------------------------
 
 
 def conda_spec(entry: str) -> tuple[str, SpecifierSet]:
@@ -54,8 +55,10 @@ def conda_spec(entry: str) -> tuple[str, SpecifierSet]:
     entry = entry.strip()
     m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*\[(.*)\]", entry)
     if m:
-        fields = {k: next(v for v in vals if v) for k, *vals in
-                  re.findall(r"(\w+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\"|([^,\s]+))", m.group(2))}
+        fields = {
+            k: next(v for v in vals if v)
+            for k, *vals in re.findall(r"(\w+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\"|([^,\s]+))", m.group(2))
+        }
         name, version = m.group(1), fields.get("version", "")
     else:
         name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(.*)", entry).groups()
@@ -119,7 +122,8 @@ def within(inner: SpecifierSet, outer: SpecifierSet) -> bool:
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_env_file_parses(path):
     env = ENVS[path.name]["raw"]
-    assert isinstance(env, dict) and env.get("dependencies"), f"{path.name}: no dependencies"
+    assert isinstance(env, dict), f"{path.name}: not a mapping"
+    assert env.get("dependencies"), f"{path.name}: no dependencies"
     assert "conda-forge" in env.get("channels", []), f"{path.name}: conda-forge channel missing"
     assert "python" in ENVS[path.name]["conda"], f"{path.name}: no python pin"
 
@@ -133,7 +137,8 @@ def test_env_versions_follow_pyproject(path):
     for name, spec in env["conda"].items():
         if name in reqs:
             assert within(spec, reqs[name].specifier), (
-                f"{path.name}: {name}{spec} allows versions outside pyproject.toml's {reqs[name]}")
+                f"{path.name}: {name}{spec} allows versions outside pyproject.toml's {reqs[name]}"
+            )
 
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
@@ -143,12 +148,15 @@ def test_pip_install_of_the_package_pulls_nothing_from_pypi(path):
     env = ENVS[path.name]
     if not any(re.search(r"(^|\s)(-e\s*)?\.\./?$", p) for p in env["pip"]):
         pytest.skip(f"{path.name} does not install the celler package")
-    missing = [r for r in map(Requirement, pyproject()["dependencies"])
-               if PIP_TO_CONDA.get(r.name.lower(), r.name.lower()) not in env["conda"]]
+    missing = [
+        r
+        for r in map(Requirement, pyproject()["dependencies"])
+        if PIP_TO_CONDA.get(r.name.lower(), r.name.lower()) not in env["conda"]
+    ]
     assert not missing, f"{path.name}: pip would install {', '.join(map(str, missing))} from PyPI; add them"
 
 
-# --- rules -------------------------------------------------------------------------------------------------------
+# --- rules --------------------------------------------------------------------------------------------------
 
 
 def parse_rules(path: Path) -> dict[str, dict]:
@@ -165,7 +173,7 @@ def parse_rules(path: Path) -> dict[str, dict]:
             key, rest = m.group(1), m.group(2)
             info["directives"].add(key)
             if key in ("conda", "script") and not rest:  # value on the next line
-                nxt = text[m.end():].lstrip("\n").splitlines()[0].strip().rstrip(",")
+                nxt = text[m.end() :].lstrip("\n").splitlines()[0].strip().rstrip(",")
                 info[key] = nxt
             elif key in ("conda", "script"):
                 info[key] = rest.strip().rstrip(",")
@@ -206,6 +214,7 @@ def rule_scripts(rule: dict) -> list[Path]:
     if "script" in rule:
         out.append((rule["file"].parent / _literal(rule["script"])).resolve())
     out += [REPO / "scripts" / f"{m}.py" for m in re.findall(r"scripts/(\w+)\.py", rule["body"])]
+    out += [module_file(m) or SRC / m for m in re.findall(r"python3? -m (celler(?:\.\w+)*)", rule["body"])]
     return sorted({p for p in out if p.suffix == ".py"})
 
 
@@ -227,7 +236,7 @@ def test_every_rule_has_an_existing_env(name):
     assert env.parent == REPO / "envs", f"rule {name}: env {env} is outside envs/"
 
 
-# --- imports -----------------------------------------------------------------------------------------------------
+# --- imports ------------------------------------------------------------------------------------------------
 
 
 def module_file(name: str) -> Path | None:
@@ -270,19 +279,21 @@ class ImportGraph:
     def third_party(self, script: Path) -> dict[str, str]:
         """top-level module -> the file that imports it."""
         found: dict[str, str] = {}
-        seen: set[Path] = set()
-        todo = [(script, _imports(self.tree(script).body, into_functions=True))]
+        seen: set[tuple[Path, bool]] = set()
+        # (file, its imports to follow, whether the file was reached through a lazy import: then the lazy
+        # imports of all its functions count too, as the job loaded that module on purpose)
+        todo = [(script, _imports(self.tree(script).body, into_functions=True), False)]
         while todo:
-            path, imports = todo.pop()
+            path, imports, lazy = todo.pop()
             for module, names in imports:
                 top = module.split(".")[0]
                 if top in FIRST_PARTY:
                     for target, funcs in self._celler_targets(module, names):
-                        if target not in seen:
-                            seen.add(target)
-                            todo.append((target, _imports(self.tree(target).body, into_functions=False)))
+                        if (target, lazy) not in seen:
+                            seen.add((target, lazy))
+                            todo.append((target, _imports(self.tree(target).body, into_functions=lazy), lazy))
                         for f in funcs:  # the lazy imports of the functions taken from that module
-                            todo.append((target, _imports(f.body, into_functions=True)))
+                            todo.append((target, _imports(f.body, into_functions=True), True))
                 elif top not in sys.stdlib_module_names and top != "__future__":
                     found.setdefault(top, str(path.relative_to(REPO)))
         return found
@@ -303,7 +314,9 @@ class ImportGraph:
             sub = module_file(f"{module}.{name}")
             if sub is not None:  # `from celler.baselines import actinn`: a submodule
                 out.append((sub, []))
-            funcs += [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == name]
+            funcs += [
+                n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == name
+            ]
         out.append((mod_file, funcs))
         return out
 
@@ -337,3 +350,4 @@ def test_import_graph_follows_celler_modules():
     assert {"numpy", "pandas", "scipy", "anndata", "tqdm"} <= set(tokenize), tokenize
     assert "torch" not in tokenize
     assert "torch" in GRAPH.third_party(REPO / "scripts/finetune.py")
+    assert rule_scripts(RULES["shard_tokenize"]) == [SRC / "celler/shards.py"]

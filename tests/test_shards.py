@@ -1,4 +1,4 @@
-"""Sharded tokenisation (celler.shards, workflow/rules/shards.smk) equals unsharded tokenisation cell for cell.
+"""Sharded tokenisation (celler.shards, workflow/rules/shards.smk) equals unsharded tokenisation, per cell.
 
 Synthetic data only (celler.synth; never reported as real data): 2,400 cells in two input files, 3 batches.
 """
@@ -41,10 +41,21 @@ def prepared(synth_dir):
     """QC and gene mapping of the synthetic dataset: (spec, cells, genes, mapping)."""
     d = synth_dir
     spec = dataset_spec("atlas", {**BLOCK, "inputs": [str(d / p) for p in BLOCK["inputs"]]})
-    qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "summary.tsv",
-             plot_out=d / "qc.png")
-    map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "map.tsv.gz",
-              report_out=d / "report.tsv", vocab_out=d / "vocab.json")
+    qc_stage(
+        spec,
+        cells_out=d / "cells.tsv.gz",
+        genes_out=d / "genes.tsv.gz",
+        summary_out=d / "summary.tsv",
+        plot_out=d / "qc.png",
+    )
+    map_stage(
+        spec,
+        genes_path=d / "genes.tsv.gz",
+        vocab_path=default_vocab_path(),
+        mapping_out=d / "map.tsv.gz",
+        report_out=d / "report.tsv",
+        vocab_out=d / "vocab.json",
+    )
     cells, genes = read_qc(d / "cells.tsv.gz", d / "genes.tsv.gz")
     return spec, cells, genes, read_mapping(d / "map.tsv.gz", d / "vocab.json")
 
@@ -64,17 +75,24 @@ def assert_same_store(full: TokenStore, parts: list[Path]) -> None:
         assert b"".join((p / name).read_bytes() for p in parts) == (full.path / name).read_bytes(), name
     for s in shards:
         assert s.meta["dataset"] == full.meta["dataset"]
-        assert {b: e.tolist() for b, e in s.bin_edges().items()} == {b: e.tolist() for b, e in full.bin_edges().items()}
+        assert {b: e.tolist() for b, e in s.bin_edges().items()} == {
+            b: e.tolist() for b, e in full.bin_edges().items()
+        }
         assert (s.path / "vocab.json").read_bytes() == (full.path / "vocab.json").read_bytes()
 
 
 def test_plan_covers_every_kept_cell_once(prepared):
     spec, cells, _, _ = prepared
     plan = plan_shards(cells, spec, 400)
-    assert plan["n_kept"].max() <= 400 and plan["n_kept"].sum() == cells["kept"].sum()
-    assert plan.groupby("input")["n_kept"].sum().tolist() == cells.groupby("input", sort=False)["kept"].sum().tolist()
+    assert plan["n_kept"].max() <= 400
+    assert plan["n_kept"].sum() == cells["kept"].sum()
+    assert (
+        plan.groupby("input")["n_kept"].sum().tolist()
+        == cells.groupby("input", sort=False)["kept"].sum().tolist()
+    )
     for _, f in plan.groupby("input"):  # contiguous row ranges covering each file
-        assert f["start"].iloc[0] == 0 and (f["start"].iloc[1:].to_numpy() == f["stop"].iloc[:-1].to_numpy()).all()
+        assert f["start"].iloc[0] == 0
+        assert (f["start"].iloc[1:].to_numpy() == f["stop"].iloc[:-1].to_numpy()).all()
     per_file = plan_shards(cells, spec, None)
     assert per_file[["input", "start", "stop"]].values.tolist() == [[0, 0, 1500], [1, 0, 900]]
 
@@ -83,8 +101,9 @@ def test_plan_covers_every_kept_cell_once(prepared):
 def test_sharded_stores_equal_the_unsharded_store(prepared, tmp_path, scheme):
     spec, cells, genes, mapping = prepared
     full = tokenize(spec, cells, genes, mapping, tmp_path / "full", scheme=scheme, chunk_size=500)
-    parts = tokenize_sharded(spec, cells, genes, mapping, tmp_path / "shards", cells_per_shard=350,
-                             scheme=scheme, chunk_size=128)  # other chunking, shards that cut through files
+    parts = tokenize_sharded(
+        spec, cells, genes, mapping, tmp_path / "shards", cells_per_shard=350, scheme=scheme, chunk_size=128
+    )  # other chunking, shards that cut through files
     assert len(parts) >= 5
     assert_same_store(TokenStore(full), parts)
 
@@ -103,7 +122,7 @@ def test_value_samples_merge_into_the_exact_edges():
 
 
 def test_value_sample_stays_uniform_when_it_thins():
-    """Beyond 2 * max_values every value seen is held with one probability: sorted input gives unbiased edges."""
+    """Beyond 2 * max_values every value seen is held with one probability: sorted input, unbiased edges."""
     values = np.arange(1, 400_001, dtype=np.float32)  # ascending: a sampler biased towards late values shows
     s = ValueSample(max_values=5_000, seed=1)
     for chunk in np.array_split(values, 40):
@@ -119,23 +138,34 @@ def test_value_sample_stays_uniform_when_it_thins():
     assert np.allclose(edges, exact, rtol=0.05)
 
 
-# --- through Snakemake -----------------------------------------------------------------------------------------
+# --- through Snakemake --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not installed")
-def test_workflow_shards_equal_unsharded(synth_dir, tmp_path):
-    wd = tmp_path
+def _snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml")]
+    return subprocess.run([*cmd, "-c2", *args], capture_output=True, text=True, check=False, cwd=wd)
+
+
+@pytest.fixture(scope="module")
+def sharded_run(synth_dir, tmp_path_factory):
+    """The workflow on the synthetic data as a sharded corpus: its shards' stores and its unsharded store."""
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake not installed")
+    wd = tmp_path_factory.mktemp("sharded_run")
     (wd / "resources").symlink_to(REPO / "resources")
     (wd / "data").symlink_to(synth_dir / "data")
     cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
     cfg["corpus"] = {"atlas": BLOCK}
     cfg["shards"] = {"cells_per_shard": 700}
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml"), "-c2"]
-    proc = subprocess.run([*cmd, "results/atlas/shards/stores.txt", "results/atlas/tokens"], capture_output=True,
-                          text=True, check=False, cwd=wd)
+    proc = _snakemake(wd, "results/atlas/shards/stores.txt", "results/atlas/tokens")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return wd
+
+
+@pytest.mark.slow
+def test_workflow_shards_equal_unsharded(sharded_run):
+    wd = sharded_run
     stores = [wd / p for p in (wd / "results/atlas/shards/stores.txt").read_text().split()]
     plan = pd.read_csv(wd / "results/atlas/shards/plan/plan.tsv", sep="\t")
     assert len(stores) == len(plan) == 4  # 1,500 + 900 input cells, at most 700 kept cells per shard
@@ -144,9 +174,13 @@ def test_workflow_shards_equal_unsharded(synth_dir, tmp_path):
     assert edges == json.loads((wd / "results/atlas/tokens/bin_edges.json").read_text())
     assert not list((wd / "results/atlas/shards").glob("*/values.npz"))  # temporary samples are gone
 
-    # the default run builds the shards, not an unsharded store; pretraining reads the shards' stores
-    dry = subprocess.run([*cmd, "-n", "-p", "results/pretrain/model"], capture_output=True,
-                         text=True, check=False, cwd=wd)
+
+@pytest.mark.slow
+def test_pretraining_reads_the_shards(sharded_run):
+    """The pretraining job gets the shards' stores (read together), not an unsharded store of the dataset."""
+    dry = _snakemake(sharded_run, "-n", "-p", "results/pretrain/model")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    command = next(line for line in (dry.stdout + dry.stderr).splitlines() if "pretrain.py" in line and "--stores" in line)
-    assert "results/atlas/shards/0000/tokens" in command and "results/atlas/tokens" not in command, command
+    lines = (dry.stdout + dry.stderr).splitlines()
+    command = next(line for line in lines if "pretrain.py" in line and "--stores" in line)
+    assert "results/atlas/shards/0000/tokens" in command, command
+    assert "results/atlas/tokens" not in command, command

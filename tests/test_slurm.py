@@ -6,8 +6,8 @@ afterwards, and an existing one that this test did not write makes it skip), sta
 already answers), ``slurmctld`` and ``slurmd``, and stops what it started afterwards. The configuration has to
 be at the default path: the plugin's job step clears ``SLURM_*`` variables (``SLURM_CONF`` too) before its
 ``srun``. The test then runs the test config's preprocessing plus one fine-tuning
-(with its pretraining) twice: through the repository's slurm profile, typed as a user would from the repository
-root, and locally; it checks that every job was a SLURM job and that the outputs are the same.
+(with its pretraining) twice: through the repository's slurm profile, typed as a user would from the
+repository root, and locally; it checks that every job was a SLURM job and that the outputs are the same.
 
 Needs root (daemons, apt-get); skipped otherwise. About 3 minutes on 2 cores.
 """
@@ -39,7 +39,7 @@ pytestmark = [
 ]
 
 
-# --- a throwaway single-node cluster -------------------------------------------------------------------------
+# --- a throwaway single-node cluster ------------------------------------------------------------------------
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def _ensure_packages() -> None:
     if shutil.which("apt-get") is None:
         pytest.skip("slurm-wlm / munge are not installed and apt-get is unavailable")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"]
+    install = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
     proc = _run(install, env=env)
     if proc.returncode != 0:  # stale package lists: refresh once
         _run(["apt-get", "update", "-q"], env=env)
@@ -92,37 +92,41 @@ class Cluster:
         for d in ("state", "spool"):
             (self.root / d).mkdir(exist_ok=True)
         self.conf.parent.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text("\n".join([
-            MARKER,
-            "ClusterName=cellertest",
-            f"SlurmctldHost={host}",
-            f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={d_port}",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "ProctrackType=proctrack/linuxproc",  # no cgroups in a container
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core_Memory",
-            "SchedulerType=sched/backfill",
-            "AccountingStorageType=accounting_storage/none",  # no slurmdbd: sacct is useless, squeue works
-            "JobAcctGatherType=jobacct_gather/none",
-            "JobCompType=jobcomp/none",
-            "MpiDefault=none",
-            "ReturnToService=2",
-            "MinJobAge=900",  # finished jobs stay visible to scontrol for the checks below
-            f"StateSaveLocation={self.root / 'state'}",
-            f"SlurmdSpoolDir={self.root / 'spool'}",
-            f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.root / 'slurmd.pid'}",
-            f"SlurmctldLogFile={self.root / 'slurmctld.log'}",
-            f"SlurmdLogFile={self.root / 'slurmd.log'}",
-            f"{node} State=UNKNOWN",
-            f"PartitionName=celler Nodes={host} Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    MARKER,
+                    "ClusterName=cellertest",
+                    f"SlurmctldHost={host}",
+                    f"SlurmctldPort={ctld_port}",
+                    f"SlurmdPort={d_port}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "ProctrackType=proctrack/linuxproc",  # no cgroups in a container
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "SchedulerType=sched/backfill",
+                    "AccountingStorageType=accounting_storage/none",  # no slurmdbd: squeue, not sacct
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "JobCompType=jobcomp/none",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "MinJobAge=900",  # finished jobs stay visible to scontrol for the checks below
+                    f"StateSaveLocation={self.root / 'state'}",
+                    f"SlurmdSpoolDir={self.root / 'spool'}",
+                    f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={self.root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={self.root / 'slurmctld.log'}",
+                    f"SlurmdLogFile={self.root / 'slurmd.log'}",
+                    f"{node} State=UNKNOWN",
+                    f"PartitionName=celler Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
 
     def _start(self, name: str, cmd: list[str]) -> None:
         log = (self.root / f"{name}.out").open("w")
@@ -134,13 +138,17 @@ class Cluster:
             run_dir = Path("/run/munge")
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.chown(run_dir, "munge", "munge")
-            self._start("munged", ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
-                                   "munged", "--foreground"])
+            self._start(
+                "munged",
+                ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "munged", "--foreground"],
+            )
             self._wait("munged", lambda: _run(["munge", "-n"]).returncode == 0, 20)
         self._start("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         self._wait("slurmctld", lambda: _run(["scontrol", "ping"], env=self.env).stdout.count("UP") > 0, 30)
         self._start("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
-        self._wait("slurmd", lambda: _run(["sinfo", "-h", "-o", "%T"], env=self.env).stdout.strip() == "idle", 60)
+        self._wait(
+            "slurmd", lambda: _run(["sinfo", "-h", "-o", "%T"], env=self.env).stdout.strip() == "idle", 60
+        )
 
     def _wait(self, name: str, ready, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -177,7 +185,9 @@ class Cluster:
 def cluster(tmp_path_factory):
     _ensure_packages()
     if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(MARKER):
-        pytest.skip(f"{SLURM_CONF} exists (a configured SLURM?); this test only runs where it may write its own")
+        pytest.skip(
+            f"{SLURM_CONF} exists (a configured SLURM?); this test only runs where it may write its own"
+        )
     c = Cluster(tmp_path_factory.mktemp("slurm"))
     try:
         c.start()
@@ -186,7 +196,7 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
-# --- the runs --------------------------------------------------------------------------------------------------
+# --- the runs -----------------------------------------------------------------------------------------------
 
 
 def _workdir(path: Path) -> Path:
@@ -202,17 +212,49 @@ def runs(cluster, tmp_path_factory):
     # `snakemake --profile slurm` as a user types it in the repository root (the profile is ./slurm); the
     # test's only additions: its config, a scratch directory, fast status polling (squeue: there is no
     # accounting database here, so sacct cannot answer) and keeping the SLURM logs of successful jobs.
-    cmd = ["snakemake", "--profile", "slurm", "--configfile", str(CONFIG), "-d", str(remote),
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-           "--slurm-keep-successful-logs", *TARGETS]
+    cmd = [
+        "snakemake",
+        "--profile",
+        "slurm",
+        "--configfile",
+        str(CONFIG),
+        "-d",
+        str(remote),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--slurm-keep-successful-logs",
+        *TARGETS,
+    ]
     t0 = time.monotonic()
-    slurm = subprocess.Popen(cmd, cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    # the local reference run meanwhile (the SLURM run mostly waits on the scheduler)
-    proc = _run(["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(local), "--configfile", str(CONFIG), "-c2",
-                 *TARGETS], cwd=local)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out, _ = slurm.communicate(timeout=600)
+    log_path = remote.parent / f"{remote.name}.log"
+    with log_path.open("w") as log:
+        slurm = subprocess.Popen(cmd, cwd=REPO, env=cluster.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # the local reference run meanwhile (the SLURM run mostly waits on the scheduler)
+            snakefile = str(REPO / "Snakefile")
+            proc = _run(
+                [
+                    "snakemake",
+                    "-s",
+                    snakefile,
+                    "-d",
+                    str(local),
+                    "--configfile",
+                    str(CONFIG),
+                    "-c2",
+                    *TARGETS,
+                ],
+                cwd=local,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            slurm.wait(timeout=600)
+        finally:
+            if slurm.poll() is None:  # failed or timed out: stop it (it cancels its SLURM jobs)
+                slurm.terminate()
+                slurm.wait(timeout=60)
+    out = log_path.read_text()
     print(f"SLURM run: {time.monotonic() - t0:.0f} s")
     assert slurm.returncode == 0, out[-4000:] + "\n" + cluster.logs()
     return local, remote, out
@@ -220,7 +262,7 @@ def runs(cluster, tmp_path_factory):
 
 def test_profile_is_found_from_the_repo_root(runs):
     _, _, log = runs
-    assert re.search(r"Using profile slurm", log), log[:2000]
+    assert re.search(r"Using profiles? slurm\b", log), log[:2000]
 
 
 def test_every_job_was_submitted_with_sbatch(runs, cluster):
@@ -228,15 +270,21 @@ def test_every_job_was_submitted_with_sbatch(runs, cluster):
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log))
     total = re.search(r"^total\s+(\d+)", log, re.MULTILINE)
     assert total, log[-3000:]
-    assert len(submitted) == int(total.group(1)) >= 8, log[-3000:]  # qc, map_genes, tokenize x2 + pretrain, ...
+    # qc, map_genes, tokenize for 2 datasets + pretrain + finetune: every one a SLURM job, none run locally
+    assert len(submitted) == int(total.group(1)) == 8, log[-3000:]
+    jobs = {}
     for slurm_id in submitted.values():
         info = _run(["scontrol", "show", "job", slurm_id], env=cluster.env).stdout
         assert "JobState=COMPLETED" in info, info
         assert list((remote / ".snakemake/slurm_logs").rglob(f"{slurm_id}.log")), slurm_id
-    # GPU-free here, so the GPU rules asked for none; mem_mb from the rules reached sbatch
-    show = {i: _run(["scontrol", "show", "job", i], env=cluster.env).stdout for i in submitted.values()}
-    assert any("Comment=rule_pretrain" in s for s in show.values())
-    assert all("gres/gpu" not in s for s in show.values())
+        jobs[re.search(r"Comment=rule_(\w+?)(_wildcards_\S*)?\s", info).group(1)] = info
+    assert set(jobs) == {"qc", "map_genes", "tokenize", "pretrain", "finetune"}
+    # per-rule resources from the rules, the default time limit from the profile
+    assert "TimeLimit=1-00:00:00" in jobs["pretrain"]
+    assert "MinMemoryNode=16000M" in jobs["pretrain"]
+    assert "NumNodes=1" in jobs["pretrain"]
+    assert "TimeLimit=02:00:00" in jobs["qc"]
+    assert all("gres/gpu" not in info for info in jobs.values())  # gpus: 0 in the test config
 
 
 def _gunzip(path: Path) -> bytes:
@@ -248,9 +296,20 @@ def test_outputs_equal_a_local_run(runs):
     for d in DATASETS:
         for rel in ("qc/cells.tsv.gz", "qc/genes.tsv.gz", "vocab/mapping.tsv.gz", "tokens/cells.tsv.gz"):
             assert _gunzip(local / f"results/{d}/{rel}") == _gunzip(remote / f"results/{d}/{rel}"), (d, rel)
-        for rel in ("qc/summary.tsv", "vocab/report.tsv", "vocab/vocab.json", "tokens/genes.bin", "tokens/bins.bin",
-                    "tokens/offsets.bin", "tokens/bin_edges.json", "tokens/meta.json", "tokens/vocab.json"):
-            assert (local / f"results/{d}/{rel}").read_bytes() == (remote / f"results/{d}/{rel}").read_bytes(), (d, rel)
+        for rel in (
+            "qc/summary.tsv",
+            "vocab/report.tsv",
+            "vocab/vocab.json",
+            "tokens/genes.bin",
+            "tokens/bins.bin",
+            "tokens/offsets.bin",
+            "tokens/bin_edges.json",
+            "tokens/meta.json",
+            "tokens/vocab.json",
+        ):
+            assert (local / f"results/{d}/{rel}").read_bytes() == (
+                remote / f"results/{d}/{rel}"
+            ).read_bytes(), (d, rel)
     # seeded CPU training: the fine-tuned model's predictions and scores are the same
     for rel in ("celler/predictions.tsv", "celler/metrics.tsv"):
         a, b = (local / f"results/pbmc68k/{rel}").read_text(), (remote / f"results/pbmc68k/{rel}").read_text()

@@ -283,12 +283,16 @@ def annotate(
     """
     from celler.finetune import pick_device
 
-    dev = pick_device(device)
-    model = load_model(model_dir, device=str(dev))
-    log.info("%r", model)
     if top_k < 1:
         msg = f"top_k must be >= 1, got {top_k}"
         raise CellerError(msg)
+    for name, value in (("threshold", threshold), ("min_prop", min_prop)):
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            msg = f"{name} must be between 0 and 1, got {value}"
+            raise CellerError(msg)
+    dev = pick_device(device)
+    model = load_model(model_dir, device=str(dev))
+    log.info("%r", model)
     with tempfile.TemporaryDirectory(prefix="celler-annotate-") as tmp:
         path, obs = _query_file(adata_or_path, Path(tmp), matrix=matrix, batch_key=batch_key,
                                 gene_symbols=gene_symbols)
@@ -310,7 +314,9 @@ def annotate(
             if over_clustering not in obs:
                 msg = f"over_clustering column {over_clustering!r} not in the query's obs (have {list(obs.columns)})"
                 raise CellerError(msg)
-            clusters = obs[over_clustering].reindex(cells).to_numpy()
+            col = obs[over_clustering].copy()
+            col.index = col.index.astype(str)
+            clusters = col.reindex(cells).to_numpy()
         vote(result, clusters=clusters, min_prop=min_prop)
     frac = float((result.predictions["label"] == UNASSIGNED).mean())
     log.info("annotated %d cells: %.1f%% %s; %s", len(cells), 100 * frac, UNASSIGNED,

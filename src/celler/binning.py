@@ -13,8 +13,12 @@ All functions work on CSR ``.data`` arrays, never densify, and are vectorised.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
+
+from celler.io import atomic_path
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -42,39 +46,58 @@ def digitize(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return (1 + (left + right) // 2).astype(np.uint8 if edges.size < 255 else np.uint16)
 
 
-class EdgeSampler:
-    """Collects non-zero values per batch in a bounded, seeded reservoir to estimate quantile edges.
+class ValueSample:
+    """A uniform random sample of each batch's non-zero values, of bounded size.
 
-    Exact while a batch has at most ``max_values`` non-zero values; a uniform random subsample beyond
-    that, so edges of a 40-million-cell batch cost bounded memory.
+    Every value seen is held with the same probability ``p[batch]``: 1 until more than ``2 * max_values`` are
+    held, then ``p`` shrinks so that about ``max_values`` are (held values thinned, later ones sampled at the
+    new ``p``). ``seen`` counts all values, so samples of several shards merge into one uniform sample.
     """
 
     def __init__(self, max_values: int = 20_000_000, seed: int = 0):
         self.max_values = max_values
         self.rng = np.random.default_rng(seed)
-        self._values: dict[str, list[np.ndarray]] = {}
-        self._seen: dict[str, int] = {}
+        self.p: dict[str, float] = {}
+        self.seen: dict[str, int] = {}
+        self._parts: dict[str, list[np.ndarray]] = {}
         self._held: dict[str, int] = {}
 
     def add(self, batch: str, values: np.ndarray) -> None:
-        self._seen[batch] = self._seen.get(batch, 0) + values.size
-        self._values.setdefault(batch, []).append(values.astype(np.float32, copy=True))
-        self._held[batch] = self._held.get(batch, 0) + values.size
+        p = self.p.setdefault(batch, 1.0)
+        self.seen[batch] = self.seen.get(batch, 0) + values.size
+        v = values.astype(np.float32, copy=True)
+        if p < 1.0:
+            v = v[self.rng.random(v.size) < p]
+        self._parts.setdefault(batch, []).append(v)
+        self._held[batch] = self._held.get(batch, 0) + v.size
         if self._held[batch] > 2 * self.max_values:
-            self._shrink(batch)
+            held = np.concatenate(self._parts[batch])
+            new_p = p * self.max_values / held.size
+            held = held[self.rng.random(held.size) < new_p / p]
+            self._parts[batch], self._held[batch], self.p[batch] = [held], held.size, new_p
 
-    def _shrink(self, batch: str) -> None:
-        # keep each held value with probability max/seen: an unbiased thinning of everything seen so far
-        allv = np.concatenate(self._values[batch])
-        keep = self.rng.random(allv.size) < self.max_values / max(allv.size, 1)
-        self._values[batch] = [allv[keep]]
-        self._held[batch] = int(keep.sum())
+    @property
+    def batches(self) -> list[str]:
+        return list(self.p)
+
+    def values(self, batch: str) -> np.ndarray:
+        parts = self._parts.get(batch, [])
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def save(self, path: str | Path) -> None:
+        names = self.batches
+        with atomic_path(path) as tmp, Path(tmp).open("wb") as fh:
+            np.savez(
+                fh,
+                batches=np.asarray(names, dtype=str),
+                p=np.asarray([self.p[b] for b in names]),
+                seen=np.asarray([self.seen[b] for b in names], dtype=np.int64),
+                **{f"v{k}": self.values(b) for k, b in enumerate(names)},
+            )
 
     def edges(self, n_bins: int) -> dict[str, np.ndarray]:
-        return {
-            b: quantile_edges(np.concatenate(v) if v else np.zeros(0, np.float32), n_bins)
-            for b, v in self._values.items()
-        }
+        """Per-batch quantile edges of the sampled values (exact while a batch has <= 2 x max_values)."""
+        return {b: quantile_edges(self.values(b), n_bins) for b in self.batches}
 
 
 def bin_per_batch(x: sp.csr_matrix, batches: np.ndarray, edges: dict[str, np.ndarray]) -> np.ndarray:

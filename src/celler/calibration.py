@@ -10,23 +10,22 @@ searched on a log scale in ``[0.05, 20]``; a validation set the model gets entir
 optimum to the lower bound (sharper is always better there), which is why the threshold below does not
 rely on the temperature alone.
 
-**Threshold** (the rule, in order):
+**Threshold** (the rule):
 
 1. ``t_accuracy``: the lowest confidence cut at which the validation cells kept (confidence >= cut) are at
-   least ``TARGET_ACCURACY`` (95%) right. Lower cuts keep more cells but let the kept accuracy fall below
-   the target.
+   least ``TARGET_ACCURACY`` (95%) right: lower cuts keep more cells but the kept accuracy falls below the
+   target. (If no cut reaches it, the cut with the best kept accuracy over at least ``MIN_CELLS`` cells.)
 2. ``t_known``: the ``1 - TARGET_ACCURACY`` (5%) quantile of the confidence of the correctly predicted
-   validation cells: a cell of a *known* type that the model gets right is called ``Unassigned`` at most
-   about 5% of the time (a split-conformal bound), while a cell less confident than 95% of those is unusual
-   enough to be left unassigned. This is the part that rejects types absent from training, which the
-   validation cells (all of known types) cannot show directly.
-3. ``threshold = clip(max(t_accuracy, t_known), MIN_THRESHOLD, MAX_THRESHOLD)``: never below 1/2 ... no
-   lower than chance-level certainty ``MIN_THRESHOLD`` and never so high that nothing is assigned.
+   validation cells: a cell of a *known* type that the model gets right is left ``Unassigned`` only about
+   5% of the time (a split-conformal bound), while a cell less confident than 95% of those is unusual
+   enough to be left unassigned. This is the part aimed at types absent from training, which validation
+   cells (all of known types) cannot show directly.
+3. ``threshold = clip(max(t_accuracy, t_known), MIN_THRESHOLD, MAX_THRESHOLD)``.
 
-With fewer than ``MIN_CELLS`` validation cells the quantile is meaningless and the documented default
-``DEFAULT_THRESHOLD`` is used (the same value annotation falls back to without a ``calibration.json``).
-``curve`` lists coverage and accuracy of the validation cells at a grid of thresholds so the trade-off can
-be read and a different cut chosen with ``celler annotate --threshold``.
+With fewer than ``MIN_CELLS`` validation cells the quantiles mean little and the documented default
+``DEFAULT_THRESHOLD`` is used (the value annotation also falls back to without a ``calibration.json``).
+``curve`` lists coverage and accuracy of the validation cells at a grid of thresholds, so the trade-off can
+be read and another cut chosen with ``celler annotate --threshold``.
 """
 
 from __future__ import annotations
@@ -86,7 +85,11 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray) -> tuple[float
     order = np.argsort(-confidence, kind="stable")
     kept_acc = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)  # keep the k most confident
     ok = np.flatnonzero(kept_acc >= TARGET_ACCURACY)
-    t_accuracy = float(confidence[order][ok[-1]]) if len(ok) else MAX_THRESHOLD
+    if len(ok):
+        t_accuracy = float(confidence[order][ok[-1]])
+    else:  # never reached: the cut with the best kept accuracy over at least MIN_CELLS cells
+        best = MIN_CELLS - 1 + int(np.argmax(kept_acc[MIN_CELLS - 1:]))
+        t_accuracy = float(confidence[order][best])
     # 2. the 5% quantile of the confidence of right calls
     t_known = float(np.quantile(confidence[correct], 1 - TARGET_ACCURACY, method="lower"))
     t = min(max(t_accuracy, t_known, MIN_THRESHOLD), MAX_THRESHOLD)

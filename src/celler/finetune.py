@@ -15,6 +15,7 @@ Output model directory (self-describing, read by :func:`load_classifier`)::
     model.pt       encoder + heads weights, ModelConfig, label levels, format and package version
     config.json    the FinetuneConfig, where the encoder came from, the chosen loss settings
     labels.json    per level: classes (id order) and training counts; subclass -> parent map
+    calibration.json  per level: temperature and Unassigned threshold fitted on the validation cells
     vocab.json     the vocabulary (extended datasets carry their extra genes)
     bin_edges.json the per-batch bin edges of the training data
     train_log.csv  per epoch: train loss, validation macro-F1 per level
@@ -338,11 +339,28 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     f1, model, name, params = best_overall
     info = {"loss": name, "loss_params": params, "val_macro_f1": f1, "class_counts": counts,
             "n_train": len(train_idx), "n_val": len(val_idx)}
-    save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows)
+    calibration = calibrate_levels(model, store, val_idx, targets, cfg) if len(val_idx) else None
+    save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows,
+                    calibration=calibration)
     return model, levels, info
 
 
-def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrained, log_rows) -> None:
+def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:
+    """Per level: temperature and Unassigned threshold fitted on the validation cells (celler.calibration)."""
+    from celler.calibration import calibrate
+
+    logits, _ = predict_logits(model, store, val_idx, cfg)
+    out = {}
+    for level, z in logits.items():
+        y = targets[level][val_idx]
+        keep = y >= 0
+        if keep.sum() >= 2:
+            out[level] = calibrate(z[torch.as_tensor(keep)], y[keep])
+    return out
+
+
+def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrained, log_rows,
+                    calibration: dict | None = None) -> None:
     """Write the self-describing model directory (see the module docstring)."""
     from celler.io import atomic_path
 
@@ -368,6 +386,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         shutil.copy(store.path / "bin_edges.json", tmp / "bin_edges.json")
         (tmp / "token_meta.json").write_text(json.dumps(store.meta, indent=1))
         pd.DataFrame(log_rows).to_csv(tmp / "train_log.csv", index=False)
+        if calibration:
+            (tmp / "calibration.json").write_text(json.dumps(calibration, indent=1))
 
 
 def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, dict]:

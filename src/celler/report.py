@@ -601,13 +601,13 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
             m = pd.read_csv(metrics_path, sep="\t")
             r = m.iloc[0]
             cells = (
-                f"<td>{html.escape(str(r.get('level', '')))}</td><td>{r['accuracy']:.3f}</td>"
+                f'<td class="txt">{html.escape(str(r.get("level", "")))}</td><td>{r["accuracy"]:.3f}</td>'
                 f"<td>{r['macro_f1']:.3f}</td><td>{_fmt(r.get('rare_recall'))}</td>"
             )
         status = "" if report.exists() else " (not built)"
         rows.append(f'<tr><td><a href="{href}">{html.escape(tissue)}</a>{status}</td>{cells}</tr>')
     body = (
-        "<h2>Tissue reports</h2><table><thead><tr><th>tissue</th><th>level</th><th>accuracy</th>"
+        '<h2>Tissue reports</h2><table><thead><tr><th>tissue</th><th class="txt">level</th><th>accuracy</th>'
         f"<th>macro-F1</th><th>rare recall</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<p class="note">Celler on each tissue\'s test cells; each report compares it with the baselines.</p>'
     )

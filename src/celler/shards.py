@@ -1,23 +1,23 @@
-"""Sharded tokenisation: a large dataset as many bounded-memory jobs whose token stores equal one unsharded store.
+"""Sharded tokenisation: a large dataset as bounded-memory jobs whose stores equal one unsharded store.
 
 A shard is a run of consecutive rows of one input file holding at most ``cells_per_shard`` kept cells (one
 shard per input file without a limit). QC and gene mapping stay one streamed job per dataset (they need the
 whole dataset: splits, gene detection counts); after them the work splits:
 
-1. :func:`plan_shards` cuts the QC cell table into shards (the workflow's ``shard_plan`` checkpoint, which also
-   writes each shard's rows of the cell table, so no shard job reads the whole table);
+1. :func:`plan_shards` cuts the QC cell table into shards (the workflow's ``shard_plan`` checkpoint, which
+   also writes each shard's rows of the cell table, so no shard job reads the whole table);
 2. :func:`sample_shard` streams one shard and keeps a uniform random sample of each batch's non-zero values
    (all of them up to ``2 * max_values`` per batch, as unsharded tokenisation does);
-3. :func:`merge_samples` merges the shards' samples into one set of per-batch quantile edges: the same edges
-   as an unsharded pass while every batch has at most ``2 * max_values`` non-zero values (exact quantiles of the
-   same values), an equally valid uniform subsample beyond that;
+3. :func:`merge_samples` merges the shards' samples into one set of per-batch quantile edges: the same
+   edges as an unsharded pass while every batch has at most ``2 * max_values`` non-zero values (exact
+   quantiles of the same values), from an equally valid uniform subsample beyond that;
 4. :func:`tokenize_shard` bins one shard with those shared edges into its own token store.
 
 The shards' stores, read together with :class:`celler.tokens.ConcatStore` (pretraining does this when given
-several stores), hold the same cells in the same order with the same tokens as one unsharded store. Steps 2
-and 4 read only their shard; step 3 reads the samples batch by batch. :func:`tokenize_sharded` runs all four in
-one process. ``python -m celler.shards {plan,sample,edges,tokenize}`` are the workflow's entry points
-(workflow/rules/shards.smk).
+several stores), hold the same cells in the same order with the same tokens as one unsharded store.
+Steps 2 and 4 read only their shard; step 3 reads the samples batch by batch. :func:`tokenize_sharded` runs
+all four in one process. ``python -m celler.shards {plan,sample,edges,tokenize}`` are the workflow's entry
+points (workflow/rules/shards.smk).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celler.binning import quantile_edges
+from celler.binning import ValueSample, quantile_edges
 from celler.config import DatasetSpec
 from celler.errors import CellerError
 from celler.io import atomic_path
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 PLAN_COLUMNS = ["shard", "input", "path", "start", "stop", "first", "n_kept"]
 
 
-# --- 1. plan ---------------------------------------------------------------------------------------------------
+# --- 1. plan ------------------------------------------------------------------------------------------------
 
 
 def plan_shards(cells: pd.DataFrame, spec: DatasetSpec, cells_per_shard: int | None = None) -> pd.DataFrame:
@@ -58,7 +58,9 @@ def plan_shards(cells: pd.DataFrame, spec: DatasetSpec, cells_per_shard: int | N
         raise CellerError(msg)
     files = cells["input"].astype(str).to_numpy()
     kept_all = cells["kept"].to_numpy(dtype=bool)
-    bounds = np.r_[0, np.flatnonzero(files[1:] != files[:-1]) + 1, len(files)] if len(files) else np.zeros(1, int)
+    bounds = (
+        np.r_[0, np.flatnonzero(files[1:] != files[:-1]) + 1, len(files)] if len(files) else np.zeros(1, int)
+    )
     runs = [(str(files[a]), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     rows = []
     for i, infile in enumerate(spec.inputs):
@@ -69,11 +71,21 @@ def plan_shards(cells: pd.DataFrame, spec: DatasetSpec, cells_per_shard: int | N
         step = cells_per_shard or max(len(kept), 1)
         starts = [0, *kept[step::step].tolist()] if len(kept) else []
         for a, b in zip(starts, [*starts[1:], end - first], strict=True):
-            rows.append({"input": i, "path": str(infile.path), "start": a, "stop": b, "first": first + a,
-                         "n_kept": int(kept_all[first + a:first + b].sum())})
+            rows.append(
+                {
+                    "input": i,
+                    "path": str(infile.path),
+                    "start": a,
+                    "stop": b,
+                    "first": first + a,
+                    "n_kept": int(kept_all[first + a : first + b].sum()),
+                }
+            )
     if runs:
-        msg = (f"{spec.name}: the QC cell table has rows of {runs[0][0]} out of the configured input order; "
-               "re-run QC")
+        msg = (
+            f"{spec.name}: the QC cell table has rows of {runs[0][0]} out of the configured input order; "
+            "re-run QC"
+        )
         raise CellerError(msg)
     plan = pd.DataFrame(rows, columns=PLAN_COLUMNS[1:])
     width = max(4, len(str(max(len(plan) - 1, 0))))
@@ -83,7 +95,7 @@ def plan_shards(cells: pd.DataFrame, spec: DatasetSpec, cells_per_shard: int | N
 
 def shard_cells(cells: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
     """The QC cell-table rows of one shard."""
-    return cells.iloc[int(row["first"]):int(row["first"]) + int(row["stop"]) - int(row["start"])]
+    return cells.iloc[int(row["first"]) : int(row["first"]) + int(row["stop"]) - int(row["start"])]
 
 
 def shard_spec(spec: DatasetSpec, row: pd.Series) -> DatasetSpec:
@@ -91,53 +103,7 @@ def shard_spec(spec: DatasetSpec, row: pd.Series) -> DatasetSpec:
     return replace(spec, inputs=(spec.inputs[int(row["input"])],))
 
 
-# --- 2. per-shard value samples ------------------------------------------------------------------------------
-
-
-class ValueSample:
-    """A uniform random sample of each batch's non-zero values, of bounded size.
-
-    Every value seen is held with the same probability ``p[batch]``: 1 until more than ``2 * max_values`` are
-    held, then ``p`` shrinks so that about ``max_values`` are (held values thinned, later ones sampled at the
-    new ``p``). ``seen`` counts all values, so samples of several shards merge into one uniform sample.
-    """
-
-    def __init__(self, max_values: int = 20_000_000, seed: int = 0):
-        self.max_values = max_values
-        self.rng = np.random.default_rng(seed)
-        self.p: dict[str, float] = {}
-        self.seen: dict[str, int] = {}
-        self._parts: dict[str, list[np.ndarray]] = {}
-        self._held: dict[str, int] = {}
-
-    def add(self, batch: str, values: np.ndarray) -> None:
-        p = self.p.setdefault(batch, 1.0)
-        self.seen[batch] = self.seen.get(batch, 0) + values.size
-        v = values.astype(np.float32, copy=True)
-        if p < 1.0:
-            v = v[self.rng.random(v.size) < p]
-        self._parts.setdefault(batch, []).append(v)
-        self._held[batch] = self._held.get(batch, 0) + v.size
-        if self._held[batch] > 2 * self.max_values:
-            held = np.concatenate(self._parts[batch])
-            new_p = p * self.max_values / held.size
-            held = held[self.rng.random(held.size) < new_p / p]
-            self._parts[batch], self._held[batch], self.p[batch] = [held], held.size, new_p
-
-    @property
-    def batches(self) -> list[str]:
-        return list(self.p)
-
-    def values(self, batch: str) -> np.ndarray:
-        parts = self._parts.get(batch, [])
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
-
-    def save(self, path: str | Path) -> None:
-        names = self.batches
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, batches=np.asarray(names, dtype=str), p=np.asarray([self.p[b] for b in names]),
-                     seen=np.asarray([self.seen[b] for b in names], dtype=np.int64),
-                     **{f"v{k}": self.values(b) for k, b in enumerate(names)})
+# --- 2. per-shard value samples -----------------------------------------------------------------------------
 
 
 class SavedSample:
@@ -160,23 +126,38 @@ class SavedSample:
             return z[self._key[batch]]
 
 
-def _normalised(chunk, normalize: bool):
+def _normalised(chunk, *, normalize: bool):
     from celler.prepare import normalised_log
 
     return normalised_log(chunk) if normalize else chunk.x
 
 
-def sample_shard(spec: DatasetSpec, row: pd.Series, cells: pd.DataFrame, genes: pd.DataFrame, mapping, *,
-                 normalize: bool = True, chunk_size: int = 20_000, max_values: int = 20_000_000,
-                 seed: int = 0) -> ValueSample:
+def sample_shard(
+    spec: DatasetSpec,
+    row: pd.Series,
+    cells: pd.DataFrame,
+    genes: pd.DataFrame,
+    mapping,
+    *,
+    normalize: bool = True,
+    chunk_size: int = 20_000,
+    max_values: int = 20_000_000,
+    seed: int = 0,
+) -> ValueSample:
     """Stream one shard (``cells``: its rows of the QC table, or the whole table) into a :class:`ValueSample`
     of the values tokenisation bins: log1p(counts per 10,000) for counts when ``normalize``, else as input."""
     from celler.prepare import iter_chunks
 
     sample = ValueSample(max_values=max_values, seed=seed + int(row["first"]))
-    for chunk in iter_chunks(shard_spec(spec, row), cells, genes, mapping, chunk_size=chunk_size,
-                             row_range=(int(row["start"]), int(row["stop"]))):
-        x = _normalised(chunk, normalize)
+    for chunk in iter_chunks(
+        shard_spec(spec, row),
+        cells,
+        genes,
+        mapping,
+        chunk_size=chunk_size,
+        row_range=(int(row["start"]), int(row["stop"])),
+    ):
+        x = _normalised(chunk, normalize=normalize)
         batches = chunk.cells["batch"].astype(str).to_numpy()
         names, codes = np.unique(batches, return_inverse=True)
         code_of = np.repeat(codes.astype(np.int32), np.diff(x.indptr)) if len(names) > 1 else None
@@ -185,11 +166,12 @@ def sample_shard(spec: DatasetSpec, row: pd.Series, cells: pd.DataFrame, genes: 
     return sample
 
 
-# --- 3. shared edges -------------------------------------------------------------------------------------------
+# --- 3. shared edges ----------------------------------------------------------------------------------------
 
 
-def merge_samples(samples: Iterable[ValueSample | SavedSample], n_bins: int, *, max_values: int = 20_000_000,
-                  seed: int = 0) -> dict[str, np.ndarray]:
+def merge_samples(
+    samples: Iterable[ValueSample | SavedSample], n_bins: int, *, max_values: int = 20_000_000, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Per-batch quantile edges from the shards' samples (a batch may span shards).
 
     While a batch's values were all held (``p == 1``) and number at most ``2 * max_values``, the edges are the
@@ -214,7 +196,9 @@ def merge_samples(samples: Iterable[ValueSample | SavedSample], n_bins: int, *, 
             parts.append(v)
         edges[b] = quantile_edges(np.concatenate(parts) if parts else np.zeros(0, np.float32), n_bins)
         if not exact:
-            log.info("batch %s: edges from a uniform sample of %d of its %d values", b, sum(map(len, parts)), seen)
+            log.info(
+                "batch %s: edges from a uniform sample of %d of its %d values", b, sum(map(len, parts)), seen
+            )
     return edges
 
 
@@ -227,40 +211,97 @@ def read_edges(path: str | Path) -> dict[str, np.ndarray]:
     return {b: np.asarray(e) for b, e in json.loads(Path(path).read_text()).items()}
 
 
-# --- 4. per-shard stores ---------------------------------------------------------------------------------------
+# --- 4. per-shard stores ------------------------------------------------------------------------------------
 
 
-def tokenize_shard(spec: DatasetSpec, row: pd.Series, cells: pd.DataFrame, genes: pd.DataFrame, mapping,
-                   out: str | Path, *, edges: dict[str, np.ndarray] | None, n_bins: int = 51,
-                   scheme: str = "per_batch", normalize: bool = True, chunk_size: int = 20_000) -> Path:
+def tokenize_shard(
+    spec: DatasetSpec,
+    row: pd.Series,
+    cells: pd.DataFrame,
+    genes: pd.DataFrame,
+    mapping,
+    out: str | Path,
+    *,
+    edges: dict[str, np.ndarray] | None,
+    n_bins: int = 51,
+    scheme: str = "per_batch",
+    normalize: bool = True,
+    chunk_size: int = 20_000,
+) -> Path:
     """The token store of one shard, binned with the dataset's shared ``edges`` (per_batch binning)."""
     from celler.tokens import tokenize
 
     if scheme == "per_batch" and edges is None:
-        msg = f"{spec.name}: a shard needs the dataset's shared bin edges (per_batch binning); run merge_samples"
+        msg = f"{spec.name}: a shard needs the dataset's shared bin edges (per_batch binning): merge_samples"
         raise CellerError(msg)
-    return tokenize(shard_spec(spec, row), cells, genes, mapping, out, n_bins=n_bins, scheme=scheme,
-                    normalize=normalize, edges=edges if scheme == "per_batch" else None, chunk_size=chunk_size,
-                    row_range=(int(row["start"]), int(row["stop"])))
+    return tokenize(
+        shard_spec(spec, row),
+        cells,
+        genes,
+        mapping,
+        out,
+        n_bins=n_bins,
+        scheme=scheme,
+        normalize=normalize,
+        edges=edges if scheme == "per_batch" else None,
+        chunk_size=chunk_size,
+        row_range=(int(row["start"]), int(row["stop"])),
+    )
 
 
-def tokenize_sharded(spec: DatasetSpec, cells: pd.DataFrame, genes: pd.DataFrame, mapping, out_dir: str | Path,
-                     *, cells_per_shard: int | None = None, n_bins: int = 51, scheme: str = "per_batch",
-                     normalize: bool = True, chunk_size: int = 20_000, max_values: int = 20_000_000,
-                     seed: int = 0) -> list[Path]:
-    """All four steps in one process: ``out_dir/<shard>/`` token stores, in order (read them with ConcatStore)."""
+def tokenize_sharded(
+    spec: DatasetSpec,
+    cells: pd.DataFrame,
+    genes: pd.DataFrame,
+    mapping,
+    out_dir: str | Path,
+    *,
+    cells_per_shard: int | None = None,
+    n_bins: int = 51,
+    scheme: str = "per_batch",
+    normalize: bool = True,
+    chunk_size: int = 20_000,
+    max_values: int = 20_000_000,
+    seed: int = 0,
+) -> list[Path]:
+    """All four steps in one process: the ``out_dir/<shard>/`` token stores, in order (read: ConcatStore)."""
     plan = plan_shards(cells, spec, cells_per_shard)
     edges = None
     if scheme == "per_batch":
-        samples = [sample_shard(spec, r, shard_cells(cells, r), genes, mapping, normalize=normalize,
-                                chunk_size=chunk_size, max_values=max_values, seed=seed) for _, r in plan.iterrows()]
+        samples = [
+            sample_shard(
+                spec,
+                r,
+                shard_cells(cells, r),
+                genes,
+                mapping,
+                normalize=normalize,
+                chunk_size=chunk_size,
+                max_values=max_values,
+                seed=seed,
+            )
+            for _, r in plan.iterrows()
+        ]
         edges = merge_samples(samples, n_bins, max_values=max_values, seed=seed)
-    return [tokenize_shard(spec, r, shard_cells(cells, r), genes, mapping, Path(out_dir) / r["shard"], edges=edges,
-                           n_bins=n_bins, scheme=scheme, normalize=normalize, chunk_size=chunk_size)
-            for _, r in plan.iterrows()]
+    return [
+        tokenize_shard(
+            spec,
+            r,
+            shard_cells(cells, r),
+            genes,
+            mapping,
+            Path(out_dir) / r["shard"],
+            edges=edges,
+            n_bins=n_bins,
+            scheme=scheme,
+            normalize=normalize,
+            chunk_size=chunk_size,
+        )
+        for _, r in plan.iterrows()
+    ]
 
 
-# --- workflow entry points: python -m celler.shards ... ----------------------------------------------------------
+# --- workflow entry points: python -m celler.shards ... -----------------------------------------------------
 
 
 def read_plan(plan_dir: str | Path) -> pd.DataFrame:
@@ -269,16 +310,26 @@ def read_plan(plan_dir: str | Path) -> pd.DataFrame:
 
 def plan_stage(spec: DatasetSpec, *, cells_path, out_dir, cells_per_shard: int | None = None) -> pd.DataFrame:
     """``out_dir/plan.tsv`` and ``out_dir/cells/<shard>.tsv.gz`` (each shard's rows of the QC cell table)."""
-    cells = pd.read_csv(cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str})
+    cells = pd.read_csv(
+        cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str}
+    )
     plan = plan_shards(cells, spec, cells_per_shard)
     with atomic_path(out_dir) as tmp:
         (tmp / "cells").mkdir(parents=True)
         plan.to_csv(tmp / "plan.tsv", sep="\t", index=False)
         for _, r in plan.iterrows():
-            shard_cells(cells, r).to_csv(tmp / "cells" / f"{r['shard']}.tsv.gz", sep="\t",
-                                         compression={"method": "gzip", "compresslevel": 1})
-    log.info("%s: %d kept cells in %d shard(s)\n%s", spec.name, int(plan["n_kept"].sum()), len(plan),
-             plan.to_string(index=False))
+            shard_cells(cells, r).to_csv(
+                tmp / "cells" / f"{r['shard']}.tsv.gz",
+                sep="\t",
+                compression={"method": "gzip", "compresslevel": 1},
+            )
+    log.info(
+        "%s: %d kept cells in %d shard(s)\n%s",
+        spec.name,
+        int(plan["n_kept"].sum()),
+        len(plan),
+        plan.to_string(index=False),
+    )
     return plan
 
 
@@ -330,19 +381,44 @@ def main(argv: list[str] | None = None) -> None:
 
     def run() -> None:
         if args.command == "plan":
-            plan_stage(_dataset(args), cells_path=args.cells, out_dir=args.out, cells_per_shard=args.cells_per_shard)
+            plan_stage(
+                _dataset(args), cells_path=args.cells, out_dir=args.out, cells_per_shard=args.cells_per_shard
+            )
         elif args.command == "sample":
             row, cells, genes, mapping = _shard_inputs(args)
-            sample_shard(_dataset(args), row, cells, genes, mapping, normalize=not args.no_normalize,
-                         chunk_size=args.chunk_size, max_values=args.max_values, seed=args.seed).save(args.out)
+            sample_shard(
+                _dataset(args),
+                row,
+                cells,
+                genes,
+                mapping,
+                normalize=not args.no_normalize,
+                chunk_size=args.chunk_size,
+                max_values=args.max_values,
+                seed=args.seed,
+            ).save(args.out)
         elif args.command == "edges":
-            write_edges(merge_samples(map(SavedSample, args.samples), args.n_bins, max_values=args.max_values,
-                                      seed=args.seed), args.out)
+            write_edges(
+                merge_samples(
+                    map(SavedSample, args.samples), args.n_bins, max_values=args.max_values, seed=args.seed
+                ),
+                args.out,
+            )
         else:
             row, cells, genes, mapping = _shard_inputs(args)
-            tokenize_shard(_dataset(args), row, cells, genes, mapping, args.out,
-                           edges=read_edges(args.edges) if args.edges else None, n_bins=args.n_bins,
-                           scheme=args.binning, normalize=not args.no_normalize, chunk_size=args.chunk_size)
+            tokenize_shard(
+                _dataset(args),
+                row,
+                cells,
+                genes,
+                mapping,
+                args.out,
+                edges=read_edges(args.edges) if args.edges else None,
+                n_bins=args.n_bins,
+                scheme=args.binning,
+                normalize=not args.no_normalize,
+                chunk_size=args.chunk_size,
+            )
 
     run_guarded(run)
 

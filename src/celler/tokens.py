@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from celler.binning import EdgeSampler, bin_per_batch, bin_per_cell, digitize
+from celler.binning import ValueSample, bin_per_batch, bin_per_cell, digitize
 from celler.config import DatasetSpec
 from celler.errors import CellerError
 from celler.io import atomic_path
@@ -224,12 +224,13 @@ def tokenize(
 
     columns = token_columns(mapping, genes)
     spool = scheme == "per_batch" and edges is None
-    sampler = EdgeSampler(max_values=max_edge_values, seed=seed) if spool else None
+    sampler = ValueSample(max_values=max_edge_values, seed=seed) if spool else None
     with atomic_path(out) as tmp:
         writer = TokenStoreWriter(tmp)
         spool_file = (tmp / "values.f32").open("wb") if spool else None
         with tqdm(total=int(cells["kept"].sum()), desc=f"{spec.name}: tokenize", unit="cell", mininterval=5) as bar:
-            for chunk in iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size, row_range=row_range):
+            chunks = iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size, row_range=row_range)
+            for chunk in chunks:
                 x = normalised_log(chunk) if normalize else chunk.x
                 batches = chunk.cells["batch"].astype(str).to_numpy()
                 if spool:

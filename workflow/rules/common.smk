@@ -29,7 +29,7 @@ def dataset_inputs(wildcards):
 def pretrain_stores():
     """Token stores pretraining reads: the corpus and every tissue that uses the shared vocabulary."""
     names = [n for n, d in DATASETS.items() if d.vocab_mode == "match"]
-    return expand("results/{dataset}/tokens", dataset=names)
+    return all_token_stores(names)
 
 
 def torch_launcher(gpus):

@@ -29,7 +29,7 @@ rule qc:
     benchmark:
         "results/benchmarks/qc/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb_per_input(1000, 500),  # per-cell tables: ~0.3 GB at 100k cells (see common.smk)
     conda:
         "../../envs/data.yaml"
     script:
@@ -76,7 +76,7 @@ rule tokenize:
     benchmark:
         "results/benchmarks/tokenize/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb_per_input(1000, 4000, max_mb=64000),  # ~0.9 GB at 100k cells; shard larger data
     conda:
         "../../envs/data.yaml"
     script:
@@ -91,6 +91,8 @@ rule expression:
         vocab="results/{tissue}/vocab/vocab.json",
     output:
         "results/{tissue}/expr.h5ad",
+    resources:
+        mem_mb=mem_mb_per_input(1000, 3000),  # holds the tissue's whole log-normalised matrix
     log:
         "logs/expression/{tissue}.log",
     conda:

@@ -15,7 +15,9 @@ rule pretrain:
         settings=pretrain_settings(),
     threads: 2
     resources:
-        gpu=config["pretrain"].get("gpus", 0),
+        gpu=config["pretrain"].get("gpus", 0),  # sbatch --gpus=N, one torchrun process each
+        cpus_per_gpu=4 if config["pretrain"].get("gpus", 0) else 0,  # a process + DataLoader workers per GPU
+        nodes=1,  # torchrun --standalone: every GPU on one node (several nodes: slurm/README.md)
         mem_mb=16000,
         runtime=24 * 60,
     log:
@@ -47,6 +49,7 @@ rule finetune:
     threads: 2
     resources:
         gpu=config["finetune"].get("gpus", 0),
+        cpus_per_gpu=4 if config["finetune"].get("gpus", 0) else 0,
         mem_mb=8000,
         runtime=6 * 60,
     log:
