@@ -1,4 +1,4 @@
-"""Annotation throughput (cells/s) of ``celler.annotate``: CPU at the tiny and small presets, GPU at scgpt-base.
+"""Annotation throughput (cells/s) of ``celler.annotate``: CPU (tiny and small presets), GPU (scgpt-base).
 
     python benchmarks/annotate.py                                     # tiny + small on this machine's CPU
     python benchmarks/annotate.py --presets scgpt-base --repeat 20    # on a GPU machine (about 54k cells)
@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from _common import append_results  # noqa: E402
 
 TARGET = 5_000  # cells/s on one H100 at scgpt-base
@@ -64,8 +63,8 @@ def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> 
     classes = [f"type{i}" for i in range(10)]
     model = CellClassifier(enc, {"subclass": classes})
     cfg = FinetuneConfig(init="scratch", preset=preset_name, max_len=max_len)
-    info = {"class_counts": {"subclass": [1] * len(classes)}, "loss": "ce", "loss_params": {}, "val_macro_f1": 0.0,
-            "n_train": 0, "n_val": 0}
+    info = {"class_counts": {"subclass": [1] * len(classes)}, "loss": "ce", "loss_params": {},
+            "val_macro_f1": 0.0, "n_train": 0, "n_val": 0}
     save_classifier(model, out, cfg=cfg, info=info, store=store, pretrained=None, log_rows=[])
     (out / "genes.json").write_text(json.dumps([vocab.tokens[i] for i in store_genes(store)]))
     return out
@@ -75,7 +74,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=None, help="default: tiny small (CPU), scgpt-base (GPU)")
     ap.add_argument("--repeat", type=int, default=1, help="copies of pbmc3k in the query (2,700 cells each)")
-    ap.add_argument("--max-len", type=int, default=512, help="tokens per cell (the model's fine-tuning max_len)")
+    ap.add_argument("--max-len", type=int, default=None,
+                    help="tokens per cell (the model's fine-tuning max_len); default 192 (the workflow's) on "
+                    "CPU, 512 on GPU")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
@@ -85,20 +86,20 @@ def main() -> None:
 
     device = pick_device(args.device)
     presets = args.presets or (["scgpt-base"] if device.type == "cuda" else ["tiny", "small"])
+    args.max_len = args.max_len or (512 if device.type == "cuda" else 192)
     bs = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="celler-bench-annotate-") as tmp:
         tmp = Path(tmp)
         query = build_query(tmp / "query.h5ad", args.repeat)
         # a token store of the query itself supplies the vocabulary / bin layout of the random models
-        from celler.resources import default_vocab_path
-        from celler.tokens import tokenize
-        from celler.vocab import Vocab, map_genes
-
-        import anndata as ad  # noqa: I001
+        import anndata as ad
         import pandas as pd
 
         from celler.config import DatasetSpec, InputFile
+        from celler.resources import default_vocab_path
+        from celler.tokens import tokenize
+        from celler.vocab import Vocab, map_genes
 
         a = ad.read_h5ad(query, backed="r")
         n_cells = a.n_obs
@@ -107,15 +108,16 @@ def main() -> None:
         cells = pd.DataFrame({"kind": "counts", "batch": "b", "split": "train", "label": None, "parent": None,
                               "kept": True}, index=a.obs_names.astype(str))
         a.file.close()
-        ref = tokenize(DatasetSpec(name="ref", inputs=(InputFile(query),)), cells, genes, mapping, tmp / "ref")
+        spec = DatasetSpec(name="ref", inputs=(InputFile(query),))
+        ref = tokenize(spec, cells, genes, mapping, tmp / "ref")
         for name in presets:
             model_dir = build_model(tmp / f"model_{name}", ref, name, args.max_len)
             m = load_model(model_dir, device=str(device))
             t0 = time.perf_counter()
             store, _ = tokenize_query(query, m, tmp / f"q_{name}")
             t_tok = time.perf_counter() - t0
-            predict(m, store, batch_size=bs, device=device, progress=False)  # warm-up (kernels, allocator)
-            if device.type == "cuda":
+            if device.type == "cuda":  # warm-up (kernels, allocator)
+                predict(m, store, batch_size=bs, device=device, progress=False)
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             predict(m, store, batch_size=bs, device=device, progress=False)
@@ -127,16 +129,18 @@ def main() -> None:
             t_all = time.perf_counter() - t0
             c = m.classifier.encoder.config
             mean_len = float(np.minimum(store.lengths + 1, args.max_len).mean())
-            rows.append({"preset": name, "device": str(device), "layers x d_model": f"{c.n_layers} x {c.d_model}",
-                         "tokens/cell": f"{mean_len:.0f}", "predict cells/s": f"{n_cells / t_pred:,.0f}",
-                         "tokenize cells/s": f"{n_cells / t_tok:,.0f}", "end-to-end cells/s": f"{n_cells / t_all:,.0f}"})
+            rows.append({"preset": name, "device": str(device),
+                         "layers x d_model": f"{c.n_layers} x {c.d_model}", "tokens/cell": f"{mean_len:.0f}",
+                         "predict cells/s": f"{n_cells / t_pred:,.0f}",
+                         "tokenize cells/s": f"{n_cells / t_tok:,.0f}",
+                         "end-to-end cells/s": f"{n_cells / t_all:,.0f}"})
             print(rows[-1], flush=True)
     header = list(rows[0])
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(r[h] for h in header) + " |" for r in rows])
-    notes = (f"Query: pbmc3k x {args.repeat} = {n_cells:,} cells (counts, 32,738 genes); randomly initialised "
-             f"10-type classifiers, max_len {args.max_len}, batch_size {args.batch_size}; threads: "
-             f"{torch.get_num_threads()}. Target: >= {TARGET:,} cells/s on one H100 at scgpt-base.")
+    notes = (f"Query: pbmc3k x {args.repeat} = {n_cells:,} cells (counts, 32,738 genes); randomly "
+             f"initialised 10-type classifiers, max_len {args.max_len}, batch_size {args.batch_size}; "
+             f"threads: {torch.get_num_threads()}. Target: >= {TARGET:,} cells/s on one H100 at scgpt-base.")
     if device.type != "cuda":
         notes += (" No GPU on this machine: the GPU figure at scgpt-base is pending (run "
                   "`python benchmarks/annotate.py --presets scgpt-base --repeat 20` on a GPU machine).")

@@ -1,4 +1,4 @@
-"""Snakemake script: annotate one query .h5ad with a tissue's fine-tuned model (celler.annotate.annotate_file)."""
+"""Snakemake script: annotate one query .h5ad with its tissue's model (celler.annotate.annotate_file)."""
 from celler.annotate import annotate_file
 from celler.cli import run_guarded
 

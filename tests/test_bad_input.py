@@ -114,7 +114,7 @@ def test_invalid_config_names_the_key(tmp_path):
     if shutil.which("snakemake") is None:
         pytest.skip("snakemake not installed")
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("tokenize: {n_bins: 1000, binning: per_batch}\n")
+    cfg.write_text((REPO / ".test/config.yaml").read_text().replace("n_bins: 51", "n_bins: 1000"))
     proc = subprocess.run(["snakemake", "-n", "--configfile", str(cfg)], cwd=REPO, capture_output=True, text=True,
                           check=False)
     assert proc.returncode != 0

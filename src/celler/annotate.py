@@ -20,14 +20,16 @@ directory (nothing else from the workflow is needed):
    the query's batch column (one set of edges per batch); without it the whole query is one batch, so
    keep it when the query mixes samples sequenced to very different depths. With ``per_cell`` binning
    each cell is binned by its own quantiles and no edges are needed. The query is tokenised by
-   :func:`celler.tokens.tokenize` into a temporary token store (streamed in chunks, deleted afterwards).
+   :func:`celler.tokens.tokenize` into a temporary token store (streamed in chunks, deleted afterwards;
+   an in-memory AnnData is first written to a temporary .h5ad, since the tokenizer reads files).
 4. **Prediction.** Cells are run through the classifier in batches of similar length (``batch_size="auto"``
    fits the free memory of the device; a CUDA out-of-memory halves it and retries), with a progress bar,
    on CPU or GPU; at most the training ``max_len`` tokens per cell, as in training.
-5. **Confidence.** ``softmax(logits / T)`` with the temperature ``T`` from ``calibration.json`` (written at
-   the end of fine-tuning, see :mod:`celler.calibration`); cells whose top probability is below the
-   threshold are ``Unassigned``. ``threshold=`` overrides the stored one (0 assigns every cell). Without a
-   ``calibration.json`` the default is ``T = 1`` and threshold
+5. **Confidence.** ``softmax(logits / T)`` with the temperature ``T`` from ``calibration.json`` (per label
+   level, written at the end of fine-tuning, see :mod:`celler.calibration`); cells whose top probability
+   is below the level's threshold are ``Unassigned``, and so is a cell with none of the model's genes.
+   ``threshold=`` overrides the stored one (0 assigns every cell that has any of the model's genes).
+   Without a ``calibration.json`` the default is ``T = 1`` and threshold
    :data:`celler.calibration.DEFAULT_THRESHOLD` (0.5).
 6. **Majority voting** (optional, as CellTypist): the cells are over-clustered (Leiden on a neighbour graph
    of the Celler embeddings) and each cluster gets its most frequent label; a cluster whose top label
@@ -102,13 +104,14 @@ class TrainedModel:
         levels = ", ".join(f"{len(v)} {k} types" for k, v in self.classifier.levels.items())
         genes = f"{len(self.genes)} genes" if self.genes is not None else "genes unknown (whole vocabulary)"
         return (f"Celler model {self.path} ({levels}; {genes}; d_model {c.d_model}, {c.n_layers} layers; "
-                f"{self.token_meta.get('binning')} binning, {self.token_meta.get('n_bins')} bins; temperature "
-                f"{cal['temperature']:.3g}, threshold {cal['threshold']:.3g} "
-                f"{'(calibrated)' if cal['calibrated'] else '(default)'}; celler {self.config.get('celler_version')})")
+                f"{self.token_meta.get('binning')} binning, {self.token_meta.get('n_bins')} bins; "
+                f"temperature {cal['temperature']:.3g}, threshold {cal['threshold']:.3g} "
+                f"{'(calibrated)' if cal['calibrated'] else '(default)'}; "
+                f"celler {self.config.get('celler_version')})")
 
 
 def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
-    """Load a fine-tuned model directory (``results/<tissue>/model``) for annotation; clear errors otherwise."""
+    """Load a fine-tuned model directory (``results/<tissue>/model``) for annotation; clear errors if not."""
     from celler.finetune import load_classifier
     from celler.vocab import Vocab
 
@@ -118,7 +121,8 @@ def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
         raise CellerError(msg)
     for name in MODEL_FILES:
         if not (d / name).exists():
-            msg = f"{d}: missing {name}; is this a complete Celler fine-tuned model directory (results/<tissue>/model)?"
+            msg = (f"{d}: missing {name}; is this a complete Celler fine-tuned model directory "
+                   "(results/<tissue>/model)?")
             raise CellerError(msg)
     classifier, labels = load_classifier(d, device=device)
     config = json.loads((d / "config.json").read_text())
@@ -132,7 +136,8 @@ def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
         msg = (f"{d}: vocab.json has {len(vocab)} tokens but the model's gene embedding "
                f"{classifier.encoder.config.vocab_size} rows; the directory mixes files of different models")
         raise CellerError(msg)
-    return TrainedModel(d, classifier, labels, vocab, meta, config, calibration, training_genes(d, config, vocab))
+    genes = training_genes(d, config, vocab)
+    return TrainedModel(d, classifier, labels, vocab, meta, config, calibration, genes)
 
 
 def training_genes(model_dir: Path, config: dict, vocab) -> np.ndarray | None:
@@ -148,26 +153,30 @@ def training_genes(model_dir: Path, config: dict, vocab) -> np.ndarray | None:
         tokens = json.loads(path.read_text())
         ids = [vocab.token_to_id[t] for t in tokens if t in vocab]
         return np.unique(np.asarray(ids, dtype=np.int64))
-    store = Path(str(config.get("token_store") or ""))
-    if str(store) and (store / "meta.json").exists() and (store / "genes.bin").exists():
-        from celler.tokens import TokenStore
+    recorded = config.get("token_store")
+    if recorded:  # a relative path is relative to the workflow directory: the cwd or an ancestor of the model
+        recorded = Path(recorded)
+        candidates = [recorded] if recorded.is_absolute() else [
+            recorded, *(p / recorded for p in Path(model_dir).resolve().parents)]
+        store = next((c for c in candidates if (c / "meta.json").exists() and (c / "genes.bin").exists()),
+                     None)
+        if store is not None:
+            from celler.tokens import TokenStore
 
-        ids = store_genes(TokenStore(store))
-        if len(ids) and ids.max() < len(vocab):
-            log.info("%s has no genes.json; training genes taken from its token store %s", model_dir, store)
-            return ids
-    log.warning("%s: the genes the model was trained on are unknown (no genes.json); every vocabulary gene of "
-                "the query is used", model_dir)
+            ids = store_genes(TokenStore(store))
+            if len(ids) and ids.max() < len(vocab):
+                log.info("%s has no genes.json; training genes taken from its token store %s", model_dir,
+                         store)
+                return ids
+    log.warning("%s: the genes the model was trained on are unknown (no genes.json, token store not found); "
+                "every vocabulary gene of the query is used, which hurts predictions when the query has "
+                "genes the training data lacked", model_dir)
     return None
 
 
-def store_genes(store, chunk_tokens: int = 50_000_000) -> np.ndarray:
+def store_genes(store) -> np.ndarray:
     """Sorted distinct token ids of a token store (read in chunks: bounded memory)."""
-    seen = np.zeros(int(store.meta["vocab_size"]), bool)
-    n = len(store.genes)
-    for a in range(0, n, chunk_tokens):
-        seen[np.asarray(store.genes[a:a + chunk_tokens])] = True
-    return np.flatnonzero(seen)
+    return store.distinct_tokens()
 
 
 # --------------------------------------------------------------------------------------------- result
@@ -223,7 +232,8 @@ class AnnotationResult:
         pos = self.predictions.index.get_indexer(names)
         if (pos < 0).any():
             missing = names[pos < 0][:3].tolist()
-            msg = f"{int((pos < 0).sum())} cells of the AnnData (e.g. {missing}) are not in this annotation result"
+            msg = (f"{int((pos < 0).sum())} cells of the AnnData (e.g. {missing}) are not in this annotation "
+                   "result")
             raise CellerError(msg)
         p = self.predictions.iloc[pos]
         for col in p.columns:
@@ -290,6 +300,14 @@ def annotate(
         if value is not None and not 0.0 <= float(value) <= 1.0:
             msg = f"{name} must be between 0 and 1, got {value}"
             raise CellerError(msg)
+    if isinstance(adata_or_path, str | Path):  # the cheap checks first, before loading the model
+        if not Path(adata_or_path).is_file():
+            msg = f"{adata_or_path}: query file not found"
+            raise CellerError(msg)
+        if Path(adata_or_path).suffix != ".h5ad":
+            msg = (f"{adata_or_path}: not an .h5ad file; convert the query with anndata first "
+                   "(e.g. sc.read_10x_mtx(...).write_h5ad(...))")
+            raise CellerError(msg)
     dev = pick_device(device)
     model = load_model(model_dir, device=str(dev))
     log.info("%r", model)
@@ -298,8 +316,9 @@ def annotate(
                                 gene_symbols=gene_symbols)
         if not isinstance(adata_or_path, str | Path):
             matrix = "X"  # the temporary copy holds the chosen matrix as X
-        store, coverage = tokenize_query(path, model, Path(tmp) / "tokens", batch_key=batch_key, matrix=matrix,
-                                         gene_symbols=gene_symbols, min_overlap=min_overlap, chunk_size=chunk_size)
+        store, coverage = tokenize_query(path, model, Path(tmp) / "tokens", batch_key=batch_key,
+                                         matrix=matrix, gene_symbols=gene_symbols, min_overlap=min_overlap,
+                                         chunk_size=chunk_size)
         logits, emb = predict(model, store, batch_size=batch_size, device=dev, progress=progress)
         n_genes = store.lengths.copy()
         batches = store.cells["batch"].astype(str).to_numpy()
@@ -312,7 +331,8 @@ def annotate(
         clusters = over_clustering
         if isinstance(over_clustering, str):
             if over_clustering not in obs:
-                msg = f"over_clustering column {over_clustering!r} not in the query's obs (have {list(obs.columns)})"
+                msg = (f"over_clustering column {over_clustering!r} not in the query's obs "
+                       f"(have {list(obs.columns)})")
                 raise CellerError(msg)
             col = obs[over_clustering].copy()
             col.index = col.index.astype(str)
@@ -324,7 +344,8 @@ def annotate(
     return result
 
 
-def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key, gene_symbols) -> tuple[Path, pd.DataFrame]:
+def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key,
+                gene_symbols) -> tuple[Path, pd.DataFrame]:
     """The query as an .h5ad path (an in-memory AnnData is written to ``tmp`` first) and its obs."""
     from celler.io import MatrixReader
 
@@ -354,7 +375,8 @@ def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key, gene_symbol
         msg = f"query: matrix {matrix!r} not found; use X, raw or layers/NAME"
         raise CellerError(msg)
     keep = [c for c in (batch_key, gene_symbols) if c]
-    obs = a.obs[[c for c in a.obs.columns if c == batch_key]].copy() if batch_key else pd.DataFrame(index=a.obs_names)
+    obs = a.obs[[c for c in a.obs.columns if c == batch_key]].copy() if batch_key else pd.DataFrame(
+        index=a.obs_names)
     var_out = var[[c for c in var.columns if c in keep]].copy()
     path = tmp / "query.h5ad"
     ad.AnnData(X=x, obs=obs, var=var_out).write_h5ad(path)
@@ -383,7 +405,8 @@ def tokenize_query(path: Path, model: TrainedModel, out: Path, *, batch_key=None
             msg = f"{path}: duplicate gene name {dup!r}; make names unique (adata.var_names_make_unique())"
             raise CellerError(msg)
         if batch_key and batch_key not in reader.obs.columns:
-            msg = f"{path}: batch column {batch_key!r} not found in obs (have {', '.join(map(str, reader.obs.columns))})"
+            have = ", ".join(map(str, reader.obs.columns))
+            msg = f"{path}: batch column {batch_key!r} not found in obs (have {have})"
             raise CellerError(msg)
         kind = None
         for _, x in reader.chunks(chunk_size):
@@ -394,7 +417,8 @@ def tokenize_query(path: Path, model: TrainedModel, out: Path, *, batch_key=None
             msg = f"{path}: the expression matrix is all zeros; nothing to annotate"
             raise CellerError(msg)
         obs = reader.obs
-        batch = obs[batch_key].astype(str).to_numpy() if batch_key else np.full(reader.n_cells, "query", object)
+        batch = (obs[batch_key].astype(str).to_numpy() if batch_key
+                 else np.full(reader.n_cells, "query", object))
         cell_names = obs.index.astype(str)
     ens = resources_dir() / "ensembl_to_symbol.tsv.gz"
     mapping = map_genes(var, model.vocab, mode="match", symbol_column=gene_symbols,
@@ -412,17 +436,19 @@ def tokenize_query(path: Path, model: TrainedModel, out: Path, *, batch_key=None
     coverage = {"query_genes": len(var), "query_genes_used": int(known.sum()), "model_genes": int(n_model),
                 "model_genes_found": int(n_found), "model_coverage": n_found / max(n_model, 1),
                 "query_coverage": float(known.mean()) if len(var) else 0.0}
-    log.info("gene coverage: %d of the model's %d genes found in the query (%.1f%%); %d of the query's %d genes "
-             "used (%.1f%%)", n_found, n_model, 100 * coverage["model_coverage"], known.sum(), len(var),
+    log.info("gene coverage: %d of the model's %d genes found in the query (%.1f%%); %d of the query's %d "
+             "genes used (%.1f%%)", n_found, n_model, 100 * coverage["model_coverage"], known.sum(), len(var),
              100 * coverage["query_coverage"])
     if n_found == 0:
         example = ", ".join(var.index[:3])
         msg = (f"{path}: no gene of the query is one of the model's {n_model} genes (query genes look like "
-               f"{example}); use gene symbols or Ensembl ids as var_names, or pass the var column with symbols")
+               f"{example}); use gene symbols or Ensembl ids as var_names, or pass the var column with "
+               "symbols")
         raise CellerError(msg)
     share = coverage["model_coverage"] if model.genes is not None else coverage["query_coverage"]
     if share < min_overlap:
-        what = "of the model's genes are in the query" if model.genes is not None else "of the query's genes are known"
+        what = ("of the model's genes are in the query" if model.genes is not None
+                else "of the query's genes are known")
         msg = (f"{path}: only {n_found} genes ({share:.1%}) {what} (minimum {min_overlap:.0%}); predictions "
                f"would rest on too few genes. Check the gene names or lower min_overlap")
         raise CellerError(msg)
@@ -470,7 +496,7 @@ def auto_batch_size(model: TrainedModel, device: torch.device) -> int:
 
 
 def predict(model: TrainedModel, store, *, batch_size="auto", device=None, progress: bool = True):
-    """Logits per level ``{level: (n, C)}`` and embeddings ``(n, d)`` for every cell of ``store``, in order."""
+    """Logits per level ``{level: (n, C)}`` and embeddings ``(n, d)`` of every cell of ``store``, in order."""
     from tqdm import tqdm
 
     from celler.finetune import FinetuneConfig, predict_logits
@@ -514,8 +540,8 @@ def _assemble(model: TrainedModel, cells, logits, emb, n_genes, *, threshold, to
     """Calibrated probabilities -> labels, confidence, Unassigned, top-k, parent level."""
     levels = model.classifier.levels
     table = pd.DataFrame(index=pd.Index(cells, name="cell"))
-    info = {"model": str(model.path), "celler_version": __version__, "binning": model.token_meta.get("binning"),
-            "n_bins": int(model.token_meta.get("n_bins", 0))}
+    info = {"model": str(model.path), "celler_version": __version__,
+            "binning": model.token_meta.get("binning"), "n_bins": int(model.token_meta.get("n_bins", 0))}
     no_genes = np.asarray(n_genes) == 0
     probs = {}
     for level in levels:
@@ -569,7 +595,8 @@ def over_cluster(embeddings: np.ndarray, *, resolution: float | None = None, see
 
         a = ad.AnnData(X=np.zeros((n, 0), np.float32), obsm={"X_celler": embeddings})
         sc.pp.neighbors(a, n_neighbors=min(15, n - 1), use_rep="X_celler", random_state=seed)
-        sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
+        sc.tl.leiden(a, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
+                     random_state=seed)
         return a.obs["leiden"].astype(str).to_numpy()
     except ImportError:
         from sklearn.cluster import KMeans
@@ -614,7 +641,8 @@ def vote(result: AnnotationResult, *, clusters=None, min_prop: float = 0.0) -> A
 # ------------------------------------------------------------------------------------ file-to-file stage
 
 
-def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_out=None, **kwargs) -> AnnotationResult:
+def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_out=None,
+                  **kwargs) -> AnnotationResult:
     """Annotate ``query`` (.h5ad) and write the annotated copy ``out`` (.h5ad), the per-cell CSV, the label
     distribution (TSV) and a marker dot plot of the predicted types; the query file is never modified."""
     import anndata as ad
@@ -635,8 +663,8 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
         adata.write_h5ad(tmp, compression="gzip")
     if csv:
         result.to_csv(csv)
+    by = "majority_voting" if "majority_voting" in result.predictions else "label"
     if labels_out:
-        by = "majority_voting" if "majority_voting" in result.predictions else "label"
         table = result.summary_frequency()
         if by != "label":
             voted = result.summary_frequency(by).rename(columns={by: "label"})
@@ -646,13 +674,13 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
             table.to_csv(tmp, sep="\t", index=False)
     if markers_out:
         with atomic_path(markers_out) as tmp:
-            marker_dotplot(adata, f"celler_{'majority_voting' if 'majority_voting' in result.predictions else 'label'}",
-                           tmp, matrix=kwargs.get("matrix", "X"), title=f"{query.stem}: markers of the predicted types")
+            marker_dotplot(adata, f"celler_{by}", tmp, matrix=kwargs.get("matrix", "X"),
+                           title=f"{query.stem}: markers of the predicted types")
     return result
 
 
-def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: int = 20_000, matrix: str = "X",
-                   title: str = "", seed: int = 0) -> None:
+def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: int = 20_000,
+                   matrix: str = "X", title: str = "", seed: int = 0) -> None:
     """A dot plot of the predicted types' top marker genes (``sc.tl.rank_genes_groups``, Wilcoxon): rows
     types, columns genes, dot size = share of the type's cells expressing the gene, colour = its mean
     log-expression. Types with fewer than 3 cells are left out; at most ``max_cells`` cells are used."""
@@ -683,7 +711,8 @@ def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: 
     if len(groups) >= 2:
         a = a[a.obs["group"].isin(groups)].copy()
         sc.tl.rank_genes_groups(a, "group", method="wilcoxon", n_genes=n_markers)
-        genes = list(dict.fromkeys(g for grp in groups for g in a.uns["rank_genes_groups"]["names"][grp][:n_markers]))
+        names = a.uns["rank_genes_groups"]["names"]
+        genes = list(dict.fromkeys(g for grp in groups for g in names[grp][:n_markers]))
     else:
         genes = []
     fig_w = max(fig_w, 1.8 + 0.38 * len(genes))

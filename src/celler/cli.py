@@ -90,19 +90,21 @@ def _tokenize_into(spec, out: Path, args) -> None:
 
 def _add_annotate_parser(sub) -> None:
     p = sub.add_parser("annotate", help="predict cell types of a query .h5ad with a fine-tuned tissue model",
-                       description="Annotate QUERY.h5ad with a fine-tuned Celler model; writes an annotated copy "
-                       "(the query file is never modified) and a per-cell CSV.")
+                       description="Annotate QUERY.h5ad with a fine-tuned Celler model; writes an annotated "
+                       "copy (the query file is never modified) and a per-cell CSV.")
     p.add_argument("query", help="query .h5ad (counts or log-normalised expression)")
     p.add_argument("--model", required=True, help="fine-tuned model directory (results/<tissue>/model)")
     p.add_argument("--out", required=True, help="annotated copy of the query (.h5ad)")
     p.add_argument("--csv", default=None, help="per-cell predictions CSV (default: --out with .csv)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which a cell is Unassigned (default: the model's calibrated one)")
-    p.add_argument("--batch-key", default=None, help="obs column with the query's batches (bin edges per batch)")
+    p.add_argument("--batch-key", default=None,
+                   help="obs column with the query's batches (bin edges per batch)")
     p.add_argument("--majority-voting", action="store_true", help="add cluster-level majority voting")
     p.add_argument("--min-prop", type=float, default=0.0,
                    help="majority voting: a cluster whose top label has a smaller share is Heterogeneous")
-    p.add_argument("--top-k", type=int, default=3, help="probabilities of the k most likely types per cell")
+    p.add_argument("--top-k", type=int, default=3,
+                   help="probabilities of the k most likely types per cell")
     p.add_argument("--matrix", default="X", help="X, raw or layers/NAME (default X)")
     p.add_argument("--gene-symbols", default=None, help="var column with gene symbols (default: var_names)")
     p.add_argument("--min-overlap", type=float, default=0.3,
@@ -121,8 +123,8 @@ def _annotate(args) -> None:
         args.query, args.model, out=args.out, csv=args.csv or str(Path(args.out).with_suffix(".csv")),
         batch_key=args.batch_key, threshold=args.threshold, majority_voting=args.majority_voting,
         min_prop=args.min_prop, top_k=args.top_k, matrix=args.matrix, gene_symbols=args.gene_symbols,
-        min_overlap=args.min_overlap, batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size),
-        device=args.device)
+        min_overlap=args.min_overlap, device=args.device,
+        batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size))
     print(result)
 
 

@@ -17,6 +17,7 @@ Output model directory (self-describing, read by :func:`load_classifier`)::
     labels.json    per level: classes (id order) and training counts; subclass -> parent map
     calibration.json  per level: temperature and Unassigned threshold fitted on the validation cells
     vocab.json     the vocabulary (extended datasets carry their extra genes)
+    genes.json     the genes the model was trained on (annotation maps a query onto these)
     bin_edges.json the per-batch bin edges of the training data
     train_log.csv  per epoch: train loss, validation macro-F1 per level
 """
@@ -383,6 +384,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
                                                                            "n_train", "n_val")}}, indent=1,
             default=str))
         shutil.copy(store.path / "vocab.json", tmp / "vocab.json")
+        vocab = store.vocab()
+        (tmp / "genes.json").write_text(json.dumps([vocab.tokens[i] for i in store.distinct_tokens()]))
         shutil.copy(store.path / "bin_edges.json", tmp / "bin_edges.json")
         (tmp / "token_meta.json").write_text(json.dumps(store.meta, indent=1))
         pd.DataFrame(log_rows).to_csv(tmp / "train_log.csv", index=False)

@@ -141,6 +141,13 @@ class TokenStore:
 
         return Vocab.load(self.path / "vocab.json")
 
+    def distinct_tokens(self, chunk_tokens: int = 50_000_000) -> np.ndarray:
+        """Sorted distinct token ids in the store: the genes a model trained on it has seen."""
+        seen = np.zeros(int(self.meta["vocab_size"]), bool)
+        for a in range(0, len(self.genes), chunk_tokens):
+            seen[np.asarray(self.genes[a:a + chunk_tokens])] = True
+        return np.flatnonzero(seen)
+
     def bin_edges(self) -> dict[str, np.ndarray]:
         return {b: np.asarray(e) for b, e in json.loads((self.path / "bin_edges.json").read_text()).items()}
 
