@@ -21,7 +21,8 @@ import pandas as pd
 from celler.errors import CellerError
 from celler.io import atomic_path
 from celler.longtail import induce_long_tail
-from celler.metrics import SCALAR_METRICS, evaluate
+from celler.metrics import evaluate, scalar_row
+from celler.stages import read_cells
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,9 @@ def parse_imbalance(imbalance: str) -> float | None:
     return float(m.group(1))
 
 
-def read_qc_cells(cells_path) -> pd.DataFrame:
-    cells = pd.read_csv(cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object})
-    cells.index = cells.index.astype(str)
-    return cells
-
-
 def training_cells_stage(cells_path, *, imbalance: str, seed: int, cells_out, table_out) -> None:
     """Write the training-cell list (one name per line) and its per-class table for (imbalance, seed)."""
-    cells = read_qc_cells(cells_path)
+    cells = read_cells(cells_path)
     train = cells.loc[cells["split"] == "train", "label"].astype(str)
     ratio = parse_imbalance(imbalance)
     if ratio is None:
@@ -118,7 +113,7 @@ def evaluate_runs(runs: pd.DataFrame, cells_path, *, rare_fraction: float = 0.03
     ``runs`` has columns method, seed, imbalance, predictions (path), train_cells (path). Returns
     ``(metrics, per_class)``: one row per run and level with the scalar metrics, and the per-class table.
     """
-    cells = read_qc_cells(cells_path)
+    cells = read_cells(cells_path)
     rows, per_class = [], []
     for run in runs.itertuples(index=False):
         pred = pd.read_csv(run.predictions, sep="\t", dtype={"true": str, "predicted": str})
@@ -126,8 +121,7 @@ def evaluate_runs(runs: pd.DataFrame, cells_path, *, rare_fraction: float = 0.03
         for level in pred["level"].unique():
             res = evaluate(pred, counts[level], rare_fraction=rare_fraction, level=level)
             key = {"method": run.method, "imbalance": run.imbalance, "seed": run.seed, "level": level}
-            rows.append(key | {m: res[m] for m in SCALAR_METRICS} | {"n_closed": res["n_closed"],
-                                                                    "n_open": res["n_open"]})
+            rows.append(key | scalar_row(res))
             per_class.append(res["per_class"].rename_axis("class").reset_index().assign(**key))
     metrics = pd.DataFrame(rows)
     per_class = pd.concat(per_class, ignore_index=True) if per_class else pd.DataFrame()

@@ -35,8 +35,15 @@ def qc_stage(spec: DatasetSpec, *, cells_out, genes_out, summary_out, plot_out, 
         plot_qc(cells, spec, tmp)
 
 
-def read_qc(cells_path, genes_path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_cells(cells_path) -> pd.DataFrame:
+    """The QC cell table (index: cell names as strings)."""
     cells = pd.read_csv(cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str})
+    cells.index = cells.index.astype(str)
+    return cells
+
+
+def read_qc(cells_path, genes_path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cells = read_cells(cells_path)
     genes = pd.read_csv(genes_path, sep="\t", index_col=0)
     genes.index = genes.index.astype(str)
     return cells, genes
@@ -124,7 +131,7 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     import numpy as np
 
     from celler.finetune import finetune, predictions_table
-    from celler.metrics import evaluate
+    from celler.metrics import evaluate, scalar_row
     from celler.tokens import TokenStore
 
     model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells)
@@ -135,9 +142,7 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     for level, classes in levels.items():
         counts = pd.Series(info["class_counts"][level], index=classes)
         res = evaluate(pred, counts, rare_fraction=rare_fraction, level=level)
-        rows.append({"level": level, **{k: res[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1",
-                                                            "weighted_f1", "balanced_accuracy", "rare_recall",
-                                                            "n_closed", "n_open")}})
+        rows.append({"level": level, **scalar_row(res)})
         per_class.append(res["per_class"].assign(level=level))
         log.info("%s level: macro-F1 %.3f, accuracy %.3f, rare recall %s", level, res["macro_f1"], res["accuracy"],
                  res["rare_recall"])
