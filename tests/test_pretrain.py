@@ -32,6 +32,16 @@ QUICK = PretrainConfig(preset="tiny", max_len=64, batch_size=8, max_cells=40, lr
                        checkpoint_every=0, model={"dropout": 0.1})
 
 
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """Train on one thread: about as fast for these tiny runs, and immune to oversubscription when other jobs
+    share a 2-core machine (two OpenMP threads then slow down up to 20x)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_loss_falls_on_real_cells(pbmc3k_tokens, tmp_path):
     cfg = PretrainConfig(preset="tiny", max_len=128, batch_size=16, max_steps=60, lr=3e-3, warmup_steps=5,
                          checkpoint_every=0)

@@ -46,6 +46,16 @@ def pretrain_settings():
     return f"--preset {p.get('preset', 'tiny')} {sets}"
 
 
+def pretrain_workdir():
+    """Where pretraining checkpoints survive pre-emption: one folder per settings and corpus, so a resumed job
+    never meets a checkpoint of other settings."""
+    import hashlib
+
+    names = sorted(n for n, d in DATASETS.items() if d.vocab_mode == "match")
+    key = hashlib.sha1(json.dumps([pretrain_settings(), names]).encode()).hexdigest()[:10]
+    return f"results/pretrain/work-{key}"
+
+
 def pretrained_model():
     """The pretrained model the fine-tuning starts from (none for scratch or an external scGPT directory)."""
     return "results/pretrain/model" if config["finetune"].get("init", "pretrained") == "pretrained" else []

@@ -11,7 +11,7 @@ rule pretrain:
     params:
         launcher=torch_launcher(config["pretrain"].get("gpus", 0)),
         script=f"{workflow.basedir}/scripts/pretrain.py",
-        work="results/pretrain/work",  # checkpoints live here across pre-emptions (SIGTERM -> checkpoint)
+        work=pretrain_workdir(),  # checkpoints live here across pre-emptions; new settings -> new folder
         settings=pretrain_settings(),
     threads: 2
     resources:
@@ -27,7 +27,7 @@ rule pretrain:
     conda:
         "../../envs/model.yaml"
     shell:
-        "({params.launcher} {params.script} --stores {input.stores} --out {params.work} --resume"
+        "(OMP_NUM_THREADS={threads} {params.launcher} {params.script} --stores {input.stores} --out {params.work} --resume"
         " {params.settings} && rm -rf {output} && cp -r {params.work} {output}) > {log} 2>&1"
 
 
