@@ -1,9 +1,12 @@
 """Snakemake script: one Celler fine-tuning run (a loss variant, a seed) on a tissue's shared split."""
+import torch
+
 from celler.cli import run_guarded
 from celler.experiments import celler_run_stage
 from celler.stages import finetune_config
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+torch.set_num_threads(sm.threads)  # no more threads than the job was given: oversubscription is ~20x slower
 variant = sm.wildcards.variant
 section = dict(sm.config["finetune"])
 if variant != "default":  # an ablation loss: the ablation's finetune settings, then the loss itself

@@ -1,8 +1,11 @@
 """Snakemake script: fine-tune one tissue, predict its test cells, score them (celler.stages.finetune_stage)."""
+import torch
+
 from celler.cli import run_guarded
 from celler.stages import finetune_config, finetune_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+torch.set_num_threads(sm.threads)  # no more threads than the job was given: oversubscription is ~20x slower
 cfg, scgpt_dir = finetune_config(sm.config["finetune"])
 pretrained = scgpt_dir or (sm.input.pretrained or None)
 run_guarded(
