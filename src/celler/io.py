@@ -84,17 +84,6 @@ def check_matrix(adata: ad.AnnData, path: str | Path) -> None:
         raise CellerError(msg)
 
 
-def require_columns(adata: ad.AnnData, columns: dict[str, str | None], path: str | Path) -> None:
-    """Check that each configured ``obs`` column exists; ``columns`` maps config key -> column name."""
-    for key, col in columns.items():
-        if col and col not in adata.obs.columns:
-            msg = (
-                f"{path}: obs column {col!r} (config key {key!r}) not found; "
-                f"available: {', '.join(map(str, adata.obs.columns)) or 'none'}"
-            )
-            raise CellerError(msg)
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
