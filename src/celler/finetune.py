@@ -25,6 +25,7 @@ Output model directory (self-describing, read by :func:`load_classifier`)::
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import json
 import logging
 import shutil
@@ -178,7 +179,7 @@ def predict_logits(model: CellClassifier, store, indices, cfg: FinetuneConfig, *
     position = {int(c): i for i, c in enumerate(indices)}
     out = {k: torch.zeros(len(indices), len(v)) for k, v in model.levels.items()}
     emb = np.zeros((len(indices), model.encoder.config.d_model), np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     for batch in _loader(store, indices, cfg, shuffle=False):
         rows = [position[int(c)] for c in batch["index"]]
         with autocast:
@@ -187,14 +188,6 @@ def predict_logits(model: CellClassifier, store, indices, cfg: FinetuneConfig, *
             out[k][rows] = v.float().cpu()
         emb[rows] = e.float().cpu().numpy()
     return out, emb
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -217,7 +210,7 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
     warmup = max(1, total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to 0
         optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + np.cos(np.pi * (s - warmup) / max(1, total_steps - warmup))))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     val_emb = frozen_emb[val_idx] if frozen_emb is not None else None
     best = (-1.0, copy.deepcopy(model.state_dict()))
     since_best = 0

@@ -19,11 +19,10 @@ from celler.errors import CellerError
 log = logging.getLogger(__name__)
 
 
-def read_h5ad(path: str | Path, *, matrix: str = "X", backed: bool = False) -> ad.AnnData:
-    """Read an ``.h5ad`` file, failing with a one-line message on a missing or unreadable file.
+def read_h5ad(path: str | Path, *, backed: bool = False) -> ad.AnnData:
+    """Open an ``.h5ad`` file (read-only), failing with a one-line message on a missing or unreadable file.
 
-    ``matrix`` selects what becomes ``X``: ``"X"``, ``"raw"`` (``adata.raw.X``) or ``"layers/NAME"``.
-    The file itself is never modified.
+    Values are checked where they are read, chunk by chunk (:meth:`MatrixReader.rows`).
     """
     path = Path(path)
     if not path.exists():
@@ -33,29 +32,10 @@ def read_h5ad(path: str | Path, *, matrix: str = "X", backed: bool = False) -> a
         msg = f"{path}: not an .h5ad file; convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))"
         raise CellerError(msg)
     try:
-        adata = ad.read_h5ad(path, backed="r" if backed else None)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as e:  # h5py raises several types for a damaged or foreign file
         msg = f"{path}: cannot be read as AnnData ({type(e).__name__}: {e}); is it a valid .h5ad file?"
         raise CellerError(msg) from e
-    if backed:
-        return adata
-    if matrix == "raw":
-        if adata.raw is None:
-            msg = f"{path}: matrix 'raw' requested but the file has no .raw; set matrix: X"
-            raise CellerError(msg)
-        adata = ad.AnnData(X=adata.raw.X, obs=adata.obs, var=adata.raw.var)
-    elif matrix.startswith("layers/"):
-        name = matrix.split("/", 1)[1]
-        if name not in adata.layers:
-            msg = f"{path}: layer {name!r} not found (layers: {list(adata.layers)})"
-            raise CellerError(msg)
-        adata = ad.AnnData(X=adata.layers[name], obs=adata.obs, var=adata.var)
-    elif matrix != "X":
-        msg = f"{path}: matrix must be 'X', 'raw' or 'layers/NAME', got {matrix!r}"
-        raise CellerError(msg)
-    adata.X = to_csr(adata.X)
-    check_matrix(adata, path)
-    return adata
 
 
 def to_csr(x) -> sp.csr_matrix:
@@ -63,25 +43,6 @@ def to_csr(x) -> sp.csr_matrix:
     m = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else x.tocsr().astype(np.float32, copy=False)
     m.eliminate_zeros()
     return m
-
-
-def check_matrix(adata: ad.AnnData, path: str | Path) -> None:
-    """Reject NaN / inf / negative values and duplicate cell or gene names, naming the file."""
-    data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if not np.isfinite(data).all():
-        n = int((~np.isfinite(data)).sum())
-        msg = f"{path}: expression matrix has {n} NaN/inf values; clean or impute them before running Celler"
-        raise CellerError(msg)
-    if (data < 0).any():
-        msg = (
-            f"{path}: expression matrix has negative values (min {data.min():.3g}); Celler needs counts or "
-            "log-normalised values, not scaled data (for scanpy objects try matrix: raw)"
-        )
-        raise CellerError(msg)
-    if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()][0]
-        msg = f"{path}: duplicate cell name {dup!r}; make names unique (adata.obs_names_make_unique())"
-        raise CellerError(msg)
 
 
 @contextlib.contextmanager

@@ -125,13 +125,12 @@ def export_expression(spec: DatasetSpec, cells, genes, mapping, *, chunk_size: i
         X=sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, len(columns)), dtype=np.float32),
         obs=pd.DataFrame({
             "celler_label": obs["label"].astype(str) if spec.labelled else "unlabelled",
-            "celler_parent": obs["parent"].astype(str) if spec.parent_label else obs.get("label", "unlabelled"),
             "celler_batch": obs["batch"].astype(str),
             "celler_split": obs["split"].astype(str),
         }, index=obs.index),
         var=pd.DataFrame({"token_id": columns}, index=[mapping.vocab.tokens[t] for t in columns]),
     )
-    if not spec.parent_label:
-        del out.obs["celler_parent"]
+    if spec.parent_label:
+        out.obs["celler_parent"] = obs["parent"].astype(str).to_numpy()
     out.uns["celler"] = {"dataset": spec.name, "X": "log1p(counts per 10,000 over the kept genes)"}
     return out
