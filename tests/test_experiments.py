@@ -80,4 +80,25 @@ def test_tables_are_mean_and_std_over_seeds(tmp_path):
     assert "±" in (tmp_path / "table3_datasets.md").read_text()
     ablation_table({"t1": tmp_path / "m.tsv"}, tmp_path / "t4.tsv")
     t4 = pd.read_csv(tmp_path / "t4.tsv", sep="\t")
-    assert set(t4["loss"]) == {"celler", "ce"}
+    assert set(t4.loc[t4.method == "celler", "loss"]) == {"celler", "ce"}
+    assert set(t4.loc[t4.method == "logreg", "loss"]) == {"–"}
+    paired = pd.read_csv(tmp_path / "t4_paired.tsv", sep="\t")
+    assert list(paired["loss"]) == ["celler"] and paired.loc[0, "reference"] == "ce"
+    assert np.isclose(paired.loc[0, "delta_macro_f1_mean"], 0.0)  # celler_ce rows copy celler's
+
+
+def test_paired_differences_compare_each_seed_with_its_own_reference():
+    from celler.metrics import paired_differences
+
+    # seed 1 is harder for every loss: the paired difference removes it, two overlapping means would not
+    scores = {("ce", 0): 0.80, ("ce", 1): 0.60, ("ginf", 0): 0.83, ("ginf", 1): 0.65, ("bs", 0): 0.78}
+    runs = pd.DataFrame([{"dataset": "d", "loss": loss, "seed": seed, "macro_f1": f, "balanced_accuracy": f,
+                          "rare_recall": 2 * f} for (loss, seed), f in scores.items()])
+    out = paired_differences(runs).set_index("loss")
+    assert np.isclose(out.loc["ginf", "delta_macro_f1_mean"], 0.04)
+    assert np.isclose(out.loc["ginf", "delta_macro_f1_std"], np.std([0.03, 0.05], ddof=1))
+    assert np.isclose(out.loc["ginf", "delta_rare_recall_mean"], 0.08)
+    assert out.loc["bs", "n_seeds"] == 1 and np.isclose(out.loc["bs", "delta_macro_f1_mean"], -0.02)
+    assert "ce" not in out.index
+    with pytest.raises(CellerError, match="no 'ce' runs"):
+        paired_differences(runs[runs.loss != "ce"])

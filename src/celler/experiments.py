@@ -148,13 +148,22 @@ def comparison_tables(metric_files: dict[str, str], out_dir) -> None:
     write_table(table3(runs[runs["level"] == "subclass"]), out_dir / "table3_datasets.tsv")
 
 
-def ablation_table(metric_files: dict[str, str], out) -> None:
-    """The loss ablation (Table 4 analogue): mean ± std over seeds per benchmark (tissue, imbalance, level)."""
-    from celler.metrics import table4, write_table
+def ablation_table(metric_files: dict[str, str], out, *, reference: str = "ce") -> Path:
+    """The loss ablation (Table 4 analogue): mean ± std over seeds per benchmark (tissue, imbalance, level) of
+    each Celler loss and of the baselines run on the same (induced) training cells; and, written next to it as
+    ``<out>_paired``, each loss's paired difference from ``reference`` (CE; the first loss run if CE was not).
+    Returns the paired table's TSV path."""
+    from celler.metrics import paired_differences, table4, write_table
 
     runs = pd.concat([pd.read_csv(p, sep="\t").assign(tissue=t) for t, p in metric_files.items()])
-    runs = runs[runs["method"].str.startswith("celler")].copy()
-    runs["loss"] = runs["method"].str.removeprefix("celler_")
-    runs["method"] = "celler"
+    celler = runs["method"].str.startswith("celler")
+    runs["loss"] = np.where(celler, runs["method"].str.removeprefix("celler_"), "–")
+    runs["method"] = np.where(celler, "celler", runs["method"])
     runs["dataset"] = runs["tissue"] + "/" + runs["imbalance"] + "/" + runs["level"]
     write_table(table4(runs), out)
+    losses = runs.loc[celler, "loss"]
+    if reference not in set(losses):
+        reference = losses.iloc[0]
+    paired = paired_differences(runs[celler], reference=reference).assign(reference=reference)
+    stem = Path(out).with_suffix("") if Path(out).suffix in (".tsv", ".md") else Path(out)
+    return write_table(paired, stem.with_name(stem.name + "_paired"))[0]

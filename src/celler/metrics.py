@@ -243,6 +243,28 @@ def table4(runs: pd.DataFrame, *, loss_col: str = "loss") -> pd.DataFrame:
     )
 
 
+def paired_differences(runs: pd.DataFrame, *, reference: str = "ce", loss_col: str = "loss") -> pd.DataFrame:
+    """Each loss minus ``reference`` on the same dataset and seed (the same split and training cells), then mean ±
+    std over seeds: [dataset x] loss -> Δ macro-F1, Δ balanced acc., Δ rare recall.
+
+    Seed-to-seed spread is larger than most loss effects on these small sets, so a loss is judged by its
+    paired differences, not by two overlapping means.
+    """
+    metrics = ["macro_f1", "balanced_accuracy", "rare_recall"]
+    keys = [c for c in ("dataset", "method") if c in runs.columns]
+    ref = runs[runs[loss_col] == reference].set_index([*keys, "seed"])[metrics]
+    if ref.empty:
+        msg = f"no {reference!r} runs to compare against (losses: {sorted(runs[loss_col].unique())})"
+        raise CellerError(msg)
+    other = runs[runs[loss_col] != reference]
+    joined = other.join(ref, on=[*keys, "seed"], rsuffix="_ref", how="inner")
+    for m in metrics:
+        joined[m] = joined[m] - joined[f"{m}_ref"]
+    s = summarise(joined[[*keys, loss_col, "seed", *metrics]], metrics)
+    s = s.sort_values([*keys, loss_col], kind="stable").reset_index(drop=True)
+    return s.rename(columns={f"{m}_{x}": f"delta_{m}_{x}" for m in metrics for x in ("mean", "std")})
+
+
 def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
     """Markdown of a summary / paper table, each mean/std pair shown as ``mean ± std``."""
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean") and f"{c[:-5]}_std" in table]

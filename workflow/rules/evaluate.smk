@@ -148,6 +148,11 @@ rule ablation:
             caption="../report/ablation.rst",
             category="3. Evaluation",
         ),
+        report(
+            multiext("results/tables/table4_ablation_paired", ".tsv", ".md"),
+            caption="../report/ablation.rst",
+            category="3. Evaluation",
+        ),
     params:
         files=dict(zip(TISSUES, expand("results/ablation/{tissue}/metrics.tsv", tissue=TISSUES))),
     log:
