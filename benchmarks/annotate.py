@@ -15,7 +15,6 @@ assembles the result). Prints a table and appends a section to benchmarks/RESULT
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -50,7 +49,6 @@ def build_query(out: Path, repeat: int) -> Path:
 
 def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> Path:
     """A randomly initialised classifier saved as a model directory (genes.json = the store's genes)."""
-    from celler.annotate import store_genes
     from celler.finetune import CellClassifier, FinetuneConfig, save_classifier
     from celler.model import Encoder, preset
     from celler.tokens import TokenStore
@@ -66,7 +64,6 @@ def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> 
     info = {"class_counts": {"subclass": [1] * len(classes)}, "loss": "ce", "loss_params": {},
             "val_macro_f1": 0.0, "n_train": 0, "n_val": 0}
     save_classifier(model, out, cfg=cfg, info=info, store=store, pretrained=None, log_rows=[])
-    (out / "genes.json").write_text(json.dumps([vocab.tokens[i] for i in store_genes(store)]))
     return out
 
 

@@ -214,7 +214,9 @@ def rule_scripts(rule: dict) -> list[Path]:
     if "script" in rule:
         out.append((rule["file"].parent / _literal(rule["script"])).resolve())
     out += [REPO / "scripts" / f"{m}.py" for m in re.findall(r"scripts/(\w+)\.py", rule["body"])]
-    out += [module_file(m) or SRC / m for m in re.findall(r"python3? -m (celler(?:\.\w+)*)", rule["body"])]
+    # a module that does not exist still yields its .py path, so the "script exists" test reports it
+    out += [module_file(m) or SRC.joinpath(*m.split(".")).with_suffix(".py")
+            for m in re.findall(r"python3? -m (celler(?:\.\w+)*)", rule["body"])]
     return sorted({p for p in out if p.suffix == ".py"})
 
 

@@ -190,6 +190,7 @@ def test_tissue_report_figures_and_content(full_report):
     assert "mean ± std over seeds" in html
     assert "Known markers used" in html
     assert "PanglaoDB" in html
+    assert re.search(r"<td[^>]*>[^<]*PanglaoDB", html)  # a source in the known-markers table, not just the note
     assert "No pretraining log" not in html
 
 

@@ -163,7 +163,7 @@ def training_genes(model_dir: Path, config: dict, vocab) -> np.ndarray | None:
         if store is not None:
             from celler.tokens import TokenStore
 
-            ids = store_genes(TokenStore(store))
+            ids = TokenStore(store).distinct_tokens()
             if len(ids) and ids.max() < len(vocab):
                 log.info("%s has no genes.json; training genes taken from its token store %s", model_dir,
                          store)
@@ -172,11 +172,6 @@ def training_genes(model_dir: Path, config: dict, vocab) -> np.ndarray | None:
                 "every vocabulary gene of the query is used, which hurts predictions when the query has "
                 "genes the training data lacked", model_dir)
     return None
-
-
-def store_genes(store) -> np.ndarray:
-    """Sorted distinct token ids of a token store (read in chunks: bounded memory)."""
-    return store.distinct_tokens()
 
 
 # --------------------------------------------------------------------------------------------- result

@@ -165,5 +165,4 @@ def ablation_table(metric_files: dict[str, str], out, *, reference: str = "ce") 
     if reference not in set(losses):
         reference = losses.iloc[0]
     paired = paired_differences(runs[celler], reference=reference).assign(reference=reference)
-    stem = Path(out).with_suffix("") if Path(out).suffix in (".tsv", ".md") else Path(out)
-    return write_table(paired, stem.with_name(stem.name + "_paired"))[0]
+    return write_table(paired, Path(out).with_name(Path(out).stem + "_paired"))[0]  # write_table adds .tsv/.md

@@ -344,13 +344,9 @@ def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:
     from celler.calibration import calibrate
 
     logits, _ = predict_logits(model, store, val_idx, cfg)
-    out = {}
-    for level, z in logits.items():
-        y = targets[level][val_idx]
-        keep = y >= 0
-        if keep.sum() >= 2:
-            out[level] = calibrate(z[torch.as_tensor(keep)], y[keep])
-    return out
+    # calibrate() ignores unlabelled cells (-1) and falls back to defaults when too few are left
+    return {level: calibrate(z, targets[level][val_idx]) for level, z in logits.items()
+            if (targets[level][val_idx] >= 0).any()}
 
 
 def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrained, log_rows,

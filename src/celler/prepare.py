@@ -70,11 +70,11 @@ def iter_chunks(
                 (np.ones(len(used), np.float32), (np.arange(len(used)), used)), shape=(len(used), len(columns))
             )
             project = (merge @ expand).tocsr()  # input genes -> dataset token columns
-            table = cells.reindex(reader.obs.index.astype(str))
+            table = cells.reindex(reader.obs.index[lo:hi].astype(str))  # this range's rows only (one shard)
             kept = table["kept"].to_numpy(dtype=bool)
             for start in range(lo, hi, chunk_size):
                 x = reader.rows(start, min(start + chunk_size, hi))
-                rows = kept[start:start + x.shape[0]]
+                rows = kept[start - lo:start - lo + x.shape[0]]
                 if not rows.any():
                     continue
                 x = x[rows]
@@ -82,10 +82,10 @@ def iter_chunks(
                 out.sort_indices()
                 out.eliminate_zeros()
                 yield Chunk(
-                    cells=table.iloc[start:start + len(rows)][rows],
+                    cells=table.iloc[start - lo:start - lo + len(rows)][rows],
                     x=out,
                     library_size=np.asarray(x.sum(axis=1)).ravel(),
-                    kind=str(table["kind"].iloc[start]),
+                    kind=str(table["kind"].iloc[start - lo]),
                 )
 
 

@@ -25,8 +25,10 @@ from matplotlib.figure import Figure
 
 from celler import __version__, plots
 from celler import markers as mk
+from celler.baselines import BASELINES
 from celler.errors import CellerError
 from celler.metrics import SCALAR_METRICS, evaluate, summarise
+from celler.stages import read_qc
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ FIGURES = {
     "dotplot_true": "Marker genes by true label",
     "dotplot_predicted": "Marker genes by predicted label",
 }
-METHOD_ORDER = ("celler", "celltypist", "celltypist_majority", "actinn", "singlecellnet", "logreg", "knn")
+METHOD_ORDER = ("celler", *BASELINES)
 DPI = 110
 
 _CSS = """
@@ -149,8 +151,8 @@ def umap_coords(embedding: np.ndarray, *, seed: int = 0) -> np.ndarray:
 
 def _marker_figures(
     adata, pred: pd.DataFrame, order: list[str], marker_tissue: str | None, markers_dir: str | Path | None
-) -> tuple[dict, dict]:
-    """Dot plots by true and by predicted label of the test cells, plus the tables behind them."""
+) -> tuple[dict, pd.DataFrame]:
+    """Dot plots by true and by predicted label of the test cells, and the known-marker table they used."""
     cells = pred.set_index("cell")
     sub = adata[adata.obs_names.isin(cells.index)].copy()
     for col in ("true", "predicted"):
@@ -165,14 +167,13 @@ def _marker_figures(
             order, mk.load_marker_tables(markers_dir), sub.var_names, tissue=marker_tissue, n=n_known
         )
     chosen = mk.combine_markers(order, ranked, known)
-    figs, tables = {}, {"known": known, "markers": chosen}
+    figs = {}
     for by in ("true", "predicted"):
         t = mk.dot_table(sub, by, chosen["gene"].tolist(), order=order)
-        tables[by] = t
         figs[f"dotplot_{by}"] = plots.marker_dotplot(
             t, markers=chosen, title=f"Marker genes by {by} label (test cells)"
         )
-    return figs, tables
+    return figs, known
 
 
 # ------------------------------------------------------------------------------------------------- html
@@ -296,7 +297,6 @@ _NAV = [
 class _Inputs:
     """Everything a tissue report reads, loaded once."""
 
-    tissue: str
     cells: pd.DataFrame
     genes: pd.DataFrame
     qc_summary: pd.DataFrame
@@ -348,10 +348,10 @@ def _load(tissue: str, results_dir: Path, pretrain_log: str | Path | None, *, ev
     eval_metrics, eval_per_class = _evaluation(d) if evaluation else (None, None)
     with np.load(_need(d / "celler" / "embeddings.npz"), allow_pickle=False) as npz:
         embeddings = {k: npz[k] for k in npz.files}
+    cells, genes = read_qc(_need(d / "qc" / "cells.tsv.gz"), _need(d / "qc" / "genes.tsv.gz"))
     return _Inputs(
-        tissue=tissue,
-        cells=_tsv(d / "qc" / "cells.tsv.gz", index_col=0),
-        genes=_tsv(d / "qc" / "genes.tsv.gz"),
+        cells=cells,
+        genes=genes.reset_index(),
         qc_summary=_tsv(d / "qc" / "summary.tsv"),
         qc_png=_need(d / "qc" / "qc.png"),
         vocab=vocab,
@@ -359,7 +359,7 @@ def _load(tissue: str, results_dir: Path, pretrain_log: str | Path | None, *, ev
         labels=json.loads(_need(d / "model" / "labels.json").read_text()),
         finetune_log=pd.read_csv(_need(d / "model" / "train_log.csv")),
         pretrain_log=pd.read_csv(pretrain_log) if pretrain_log and Path(pretrain_log).exists() else None,
-        predictions=_tsv(d / "celler" / "predictions.tsv"),
+        predictions=_tsv(d / "celler" / "predictions.tsv", dtype={"cell": str, "true": str, "predicted": str}),
         celler_metrics=_tsv(d / "celler" / "metrics.tsv"),
         celler_per_class=_tsv(d / "celler" / "per_class.tsv"),
         embeddings=embeddings,
@@ -390,8 +390,8 @@ def _umap_figure(inp: _Inputs) -> Figure:
     return plots.umap_embedding(coords, labels, order=inp.order)
 
 
-def _figures(inp: _Inputs, marker_tissue: str | None, markers_dir) -> tuple[dict[str, Figure], dict, dict]:
-    """All figures of a tissue report, the Celler evaluation (confusion matrix) and the marker tables."""
+def _figures(inp: _Inputs, marker_tissue: str | None, markers_dir) -> tuple[dict[str, Figure], dict, pd.DataFrame]:
+    """All figures of a tissue report, the Celler evaluation (confusion matrix) and the known-marker table."""
     level = inp.level
     if inp.eval_per_class is not None:
         per_class = inp.eval_per_class[inp.eval_per_class["level"] == level]
@@ -407,10 +407,10 @@ def _figures(inp: _Inputs, marker_tissue: str | None, markers_dir) -> tuple[dict
         ),
         "umap": _umap_figure(inp),
     }
-    dot_figs, dot_tables = _marker_figures(
+    dot_figs, known = _marker_figures(
         inp.adata, inp.main_predictions, inp.order, marker_tissue, markers_dir
     )
-    return figs | dot_figs, result, dot_tables
+    return figs | dot_figs, result, known
 
 
 def _metric_summary(inp: _Inputs) -> tuple[pd.DataFrame, str]:
@@ -456,7 +456,7 @@ def build_tissue_report(
     out_html = Path(out_html)
     fig_dir = Path(figures_dir) if figures_dir is not None else out_html.parent / "figures"
     inp = _load(tissue, Path(results_dir), pretrain_log, evaluation=evaluation)
-    figs, result, dot_tables = _figures(inp, marker_tissue, markers_dir)
+    figs, result, known = _figures(inp, marker_tissue, markers_dir)
     shown = {}
     for name, fig in figs.items():
         path = plots.save_figure(fig, fig_dir / f"{name}.png", dpi=DPI)
@@ -469,7 +469,7 @@ def build_tissue_report(
             _training_section(inp, shown),
             _results_section(inp, summary, note, result, shown),
             f'<section id="embeddings"><h2>Embeddings</h2>{shown["umap"]}</section>',
-            _markers_section(dot_tables, marker_tissue, shown),
+            _markers_section(known, marker_tissue, shown),
         ]
     )
     page = _page(
@@ -554,8 +554,7 @@ def _results_section(
     )
 
 
-def _markers_section(dot_tables: dict, marker_tissue: str | None, shown: dict[str, str]) -> str:
-    known = dot_tables["known"]
+def _markers_section(known: pd.DataFrame, marker_tissue: str | None, shown: dict[str, str]) -> str:
     if marker_tissue and len(known):
         known_html = _details(
             f"Known markers used ({len(known)} genes, tissue '{marker_tissue}')", _table(known)
@@ -614,7 +613,6 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
     page = _page("Celler reports", f"{len(reports)} tissue(s)", body)
     from celler.io import atomic_path
 
-    out_html.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return out_html

@@ -36,6 +36,7 @@ from celler.binning import ValueSample, quantile_edges
 from celler.config import DatasetSpec
 from celler.errors import CellerError
 from celler.io import atomic_path
+from celler.stages import read_cells
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +311,7 @@ def read_plan(plan_dir: str | Path) -> pd.DataFrame:
 
 def plan_stage(spec: DatasetSpec, *, cells_path, out_dir, cells_per_shard: int | None = None) -> pd.DataFrame:
     """``out_dir/plan.tsv`` and ``out_dir/cells/<shard>.tsv.gz`` (each shard's rows of the QC cell table)."""
-    cells = pd.read_csv(
-        cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str}
-    )
+    cells = read_cells(cells_path)
     plan = plan_shards(cells, spec, cells_per_shard)
     with atomic_path(out_dir) as tmp:
         (tmp / "cells").mkdir(parents=True)

@@ -160,10 +160,9 @@ def sharded_datasets():
 
 def shard_ids(dataset):
     """The shard names of a sharded dataset, from its shard plan (a checkpoint: call inside input functions)."""
-    import pandas as pd
+    from celler.shards import read_plan
 
-    plan = checkpoints.shard_plan.get(dataset=dataset).output[0]
-    return pd.read_csv(f"{plan}/plan.tsv", sep="\t", dtype={"shard": str})["shard"].tolist()
+    return read_plan(checkpoints.shard_plan.get(dataset=dataset).output[0])["shard"].tolist()
 
 
 def token_stores(dataset):
