@@ -294,3 +294,24 @@ def test_marker_tables_missing_raise(tmp_path):
 def test_marker_budget_shrinks_with_classes():
     assert mk.marker_budget(7) == (3, 2)
     assert sum(mk.marker_budget(60)) * 60 <= 120
+
+
+def test_annotate_marker_dotplot_uses_the_report_markers(wang, tmp_path):
+    """celler annotate's dot plot: one column per ranked marker of each type with 3+ cells, one row per type;
+    a single type gives the small 'nothing to compare' figure."""
+    from PIL import Image
+
+    from celler.annotate import marker_dotplot
+
+    sizes = wang.obs["celltype"].value_counts()
+    n_types = int((sizes >= 3).sum())
+    ranked = mk.ranked_markers(wang[wang.obs["celltype"].isin(sizes[sizes >= 3].index)].copy(), "celltype", n=2)
+    n_genes = len({g for genes in ranked.values() for g in genes})
+    marker_dotplot(wang, "celltype", tmp_path / "m.png", n_markers=2)
+    one = wang.copy()
+    one.obs["celltype"] = "alpha"
+    marker_dotplot(one, "celltype", tmp_path / "one.png")
+    with Image.open(tmp_path / "m.png") as im, Image.open(tmp_path / "one.png") as empty:
+        assert empty.size == (660, 220)  # plots.empty_figure at 110 dpi
+        assert im.size[0] > empty.size[0] and im.size[1] > empty.size[1]
+    assert n_types >= 2 and n_genes >= n_types  # the plot above had something to rank

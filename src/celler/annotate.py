@@ -369,7 +369,9 @@ def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key,
     else:
         msg = f"query: matrix {matrix!r} not found; use X, raw or layers/NAME"
         raise CellerError(msg)
-    keep = [c for c in (batch_key, gene_symbols) if c]
+    from celler.vocab import ensembl_column
+
+    keep = [c for c in (gene_symbols, ensembl_column(var)) if c]  # what map_genes may read
     obs = a.obs[[c for c in a.obs.columns if c == batch_key]].copy() if batch_key else pd.DataFrame(
         index=a.obs_names)
     var_out = var[[c for c in var.columns if c in keep]].copy()
@@ -579,10 +581,11 @@ def over_cluster(embeddings: np.ndarray, *, resolution: float | None = None, see
     """Over-clustering of the cells on their Celler embeddings: Leiden on a 15-neighbour graph, resolution
     growing with the number of cells (5 below 5,000 cells ... 30 above 200,000, as CellTypist); k-means
     with about one cluster per 30 cells when Leiden (igraph) is not installed."""
+    from celler.baselines.celltypist_lr import celltypist_resolution
+
     n = len(embeddings)
     if resolution is None:
-        resolution = next(r for size, r in ((5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20),
-                                             (200_000, 25), (math.inf, 30)) if n < size)
+        resolution = celltypist_resolution(n)
     try:
         import anndata as ad
         import igraph  # noqa: F401 (scanpy's Leiden needs it)
@@ -676,24 +679,22 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
 
 def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: int = 20_000,
                    matrix: str = "X", title: str = "", seed: int = 0) -> None:
-    """A dot plot of the predicted types' top marker genes (``sc.tl.rank_genes_groups``, Wilcoxon): rows
-    types, columns genes, dot size = share of the type's cells expressing the gene, colour = its mean
-    log-expression. Types with fewer than 3 cells are left out; at most ``max_cells`` cells are used."""
+    """A dot plot of the predicted types' top marker genes, drawn as the tissue reports draw theirs
+    (:mod:`celler.markers`, :func:`celler.plots.marker_dotplot`): rows types, columns genes. Types with fewer
+    than 3 cells are left out (``Unassigned`` / ``Heterogeneous`` last); at most ``max_cells`` cells are used."""
     import anndata as ad
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import scanpy as sc
 
+    from celler import markers as mk
+    from celler import plots
     from celler.io import to_csr
     from celler.qc import detect_kind
 
-    x = adata.raw.X if matrix == "raw" and adata.raw is not None else (
-        adata.layers[matrix[7:]] if matrix.startswith("layers/") else adata.X)
-    var_names = adata.raw.var_names if matrix == "raw" and adata.raw is not None else adata.var_names
+    raw = matrix == "raw" and adata.raw is not None
+    x = adata.raw.X if raw else (adata.layers[matrix[7:]] if matrix.startswith("layers/") else adata.X)
     a = ad.AnnData(X=to_csr(x), obs=pd.DataFrame({"group": adata.obs[groupby].astype(str).to_numpy()},
-                                                 index=adata.obs_names), var=pd.DataFrame(index=var_names))
+                                                 index=adata.obs_names),
+                   var=pd.DataFrame(index=adata.raw.var_names if raw else adata.var_names))
     a.var_names_make_unique()
     if a.n_obs > max_cells:
         a = a[np.random.default_rng(seed).choice(a.n_obs, max_cells, replace=False)].copy()
@@ -702,43 +703,16 @@ def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: 
         sc.pp.log1p(a)
     sizes = a.obs["group"].value_counts()
     groups = sorted(sizes[sizes >= 3].index, key=lambda g: (g in (UNASSIGNED, HETEROGENEOUS), -sizes[g]))
-    fig_w = 4.0
+    title = title or "markers of the predicted types"
     if len(groups) >= 2:
         a = a[a.obs["group"].isin(groups)].copy()
-        sc.tl.rank_genes_groups(a, "group", method="wilcoxon", n_genes=n_markers)
-        names = a.uns["rank_genes_groups"]["names"]
-        genes = list(dict.fromkeys(g for grp in groups for g in names[grp][:n_markers]))
+        ranked = mk.ranked_markers(a, "group", n=n_markers)
+        chosen = mk.combine_markers(groups, ranked, pd.DataFrame(columns=["label", "gene"]))
+        fig = plots.marker_dotplot(mk.dot_table(a, "group", chosen["gene"].tolist(), order=groups),
+                                   markers=chosen, title=title)
     else:
-        genes = []
-    fig_w = max(fig_w, 1.8 + 0.38 * len(genes))
-    fig, ax = plt.subplots(figsize=(fig_w, 1.4 + 0.38 * max(len(groups), 1)))
-    if genes:
-        cols = a.var_names.get_indexer(genes)
-        frac, mean = np.zeros((len(groups), len(genes))), np.zeros((len(groups), len(genes)))
-        for i, g in enumerate(groups):
-            sub = a.X[np.flatnonzero(a.obs["group"].to_numpy() == g)][:, cols]
-            frac[i] = np.asarray((sub > 0).mean(axis=0)).ravel()
-            mean[i] = np.asarray(sub.mean(axis=0)).ravel()
-        yy, xx = np.meshgrid(np.arange(len(groups)), np.arange(len(genes)), indexing="ij")
-        sc_ = ax.scatter(xx.ravel(), yy.ravel(), s=12 + 220 * frac.ravel(), c=mean.ravel(), cmap="Reds",
-                         edgecolors="0.4", linewidths=0.4)
-        ax.set_xticks(range(len(genes)), genes, rotation=90)
-        ax.set_yticks(range(len(groups)), [f"{g} ({sizes[g]})" for g in groups])
-        ax.set_xlim(-0.6, len(genes) - 0.4)
-        ax.set_ylim(len(groups) - 0.4, -0.6)
-        fig.colorbar(sc_, ax=ax, label="mean log-expression", shrink=0.7, pad=0.02)
-        for f in (0.25, 0.5, 1.0):
-            ax.scatter([], [], s=12 + 220 * f, c="0.7", edgecolors="0.4", label=f"{f:.0%}")
-        ax.legend(title="expressing", loc="upper left", bbox_to_anchor=(1.25, 1.0), frameon=False, fontsize=7,
-                  title_fontsize=7, labelspacing=1.2)
-    else:
-        ax.text(0.5, 0.5, "fewer than two predicted types with 3+ cells:\nno markers to compare", ha="center",
-                va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-    ax.set_title(title or "markers of the predicted types", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+        fig = plots.empty_figure("fewer than two predicted types with 3+ cells: no markers to compare")
+    plots.save_figure(fig, path)
 
 
 __all__ = ["HETEROGENEOUS", "UNASSIGNED", "AnnotationResult", "TrainedModel", "annotate", "annotate_file",

@@ -84,8 +84,9 @@ def _log_axis(ax, values, axis: str = "x") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def _empty(message: str, *, size: tuple[float, float] = (6, 2)) -> Figure:
-    fig = Figure(figsize=size)
+def empty_figure(message: str) -> Figure:
+    """A small figure that says why there is nothing to plot."""
+    fig = Figure(figsize=(6, 2))
     ax = fig.add_subplot()
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="0.3", wrap=True)
     ax.set_axis_off()
@@ -101,7 +102,7 @@ def class_sizes(counts: pd.DataFrame, *, rare_fraction: float = 0.03) -> Figure:
     A dotted line marks ``rare_fraction`` of the training cells (when a ``train`` column exists).
     """
     if counts.empty:
-        return _empty("no labelled cells")
+        return empty_figure("no labelled cells")
     counts = counts.loc[counts.sum(axis=1).sort_values(ascending=False).index]
     n, splits = len(counts), list(counts.columns)
     fs = _tick_size(n)
@@ -151,7 +152,7 @@ def training_curves(finetune_log: pd.DataFrame | None, pretrain_log: pd.DataFram
         finetune_log is not None and not finetune_log.empty
     )
     if panels == 0:
-        return _empty("no training logs")
+        return empty_figure("no training logs")
     fig = Figure(figsize=(4.2 * panels, 3.4), layout="constrained")
     axes = list(fig.subplots(1, panels, squeeze=False)[0])
     if pretrain_log is not None and not pretrain_log.empty:
@@ -220,7 +221,7 @@ def f1_vs_size(per_class: pd.DataFrame, *, title: str = "Per-class F1 vs trainin
         df = df[df["support"] > 0]
     df = df[df["train_count"] > 0]
     if df.empty:
-        return _empty("no classes with training and test cells")
+        return empty_figure("no classes with training and test cells")
     agg = df.groupby(["method", "class"], sort=False).agg(
         f1=("f1", "mean"), train_count=("train_count", "first")
     )
@@ -262,7 +263,7 @@ def f1_vs_size(per_class: pd.DataFrame, *, title: str = "Per-class F1 vs trainin
 def confusion_heatmap(confusion: pd.DataFrame, *, title: str = "Confusion matrix (row-normalised)") -> Figure:
     """Heatmap of a true x predicted count table, each row divided by its total (recall on the diagonal)."""
     if confusion.empty:
-        return _empty("no test cells")
+        return empty_figure("no test cells")
     counts = confusion.to_numpy(dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
@@ -337,7 +338,7 @@ def marker_dotplot(table: pd.DataFrame, *, markers: pd.DataFrame | None = None, 
     known markers from the marker tables.
     """
     if table.empty:
-        return _empty("no marker genes")
+        return empty_figure("no marker genes")
     groups, genes = list(dict.fromkeys(table["group"])), list(dict.fromkeys(table["gene"]))
     frac = table.pivot(index="group", columns="gene", values="fraction").reindex(index=groups, columns=genes)
     mean = table.pivot(index="group", columns="gene", values="mean").reindex(index=groups, columns=genes)

@@ -101,7 +101,8 @@ def load_ensembl_table(path: str | Path | None) -> dict[str, str]:
     return dict(zip(t["ensembl_id"].str.split(".").str[0], t["symbol"], strict=True))
 
 
-def _ensembl_column(var: pd.DataFrame) -> str | None:
+def ensembl_column(var: pd.DataFrame) -> str | None:
+    """The first ``var`` column whose values look like Ensembl gene ids (the fallback for gene mapping)."""
     for col in var.columns:
         vals = var[col].astype(str)
         if len(vals) and vals.head(50).map(lambda s: bool(ENSEMBL_RE.match(s))).mean() > 0.8:
@@ -135,7 +136,7 @@ def map_genes(
         raise CellerError(msg)
     genes = var.index.astype(str)
     symbols = var[symbol_column].astype(str).to_numpy() if symbol_column else genes.to_numpy()
-    ens_col = _ensembl_column(var)
+    ens_col = ensembl_column(var)
     ensembl = var[ens_col].astype(str).to_numpy() if ens_col else np.where(
         [bool(ENSEMBL_RE.match(g)) for g in genes], genes, ""
     )

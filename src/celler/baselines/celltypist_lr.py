@@ -103,6 +103,12 @@ def fit_predict(
     return output(test, pred, conf)
 
 
+def celltypist_resolution(n_cells: int) -> int:
+    """CellTypist's over-clustering resolution: 5 below 5,000 cells, growing to 30 above 200,000."""
+    steps = [(5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20), (200_000, 25)]
+    return next((r for n, r in steps if n_cells < n), 30)
+
+
 def over_cluster(test: ad.AnnData, *, seed: int = 0, resolution: float | None = None) -> np.ndarray:
     """Leiden over-clustering of log1p-normalised cells, following CellTypist's recipe.
 
@@ -127,9 +133,8 @@ def over_cluster(test: ad.AnnData, *, seed: int = 0, resolution: float | None = 
         pcs = PCA(n_components=n_comps, random_state=seed).fit_transform(x)
         knn = kneighbors_graph(pcs, n_neighbors=max(1, min(10, a.n_obs - 1)), include_self=False)
         adjacency = knn.maximum(knn.T).tocsr()
-        if resolution is None:  # CellTypist's size-based default
-            steps = [(5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20), (200_000, 25)]
-            resolution = next((r for n, r in steps if a.n_obs < n), 30)
+        if resolution is None:
+            resolution = celltypist_resolution(a.n_obs)
         sc.tl.leiden(
             a,
             resolution=resolution,
