@@ -4,6 +4,7 @@ Synthetic data only (celler.synth; never reported as real data): 2,400 cells in 
 """
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -184,3 +185,18 @@ def test_pretraining_reads_the_shards(sharded_run):
     command = next(line for line in lines if "pretrain.py" in line and "--stores" in line)
     assert "results/atlas/shards/0000/tokens" in command, command
     assert "results/atlas/tokens" not in command, command
+
+
+@pytest.mark.slow
+def test_pretraining_work_folder_follows_the_sharding(sharded_run):
+    """Checkpoints are kept per store list: sharding the corpus (or not) gives pretraining another work folder,
+    so a resumed job never meets a checkpoint written for the other stores."""
+
+    def work_folder(*extra: str) -> str:
+        dry = _snakemake(sharded_run, "-n", "-p", "results/pretrain/model", *extra)
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        return re.search(r"--out (results/pretrain/work-\w+)", dry.stdout + dry.stderr).group(1)
+
+    sharded = work_folder()
+    assert sharded == work_folder()  # stable for the same config
+    assert work_folder("--config", "shards={'datasets': []}") != sharded  # no dataset sharded

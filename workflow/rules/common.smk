@@ -26,10 +26,14 @@ def dataset_inputs(wildcards):
     return [str(f.path) for f in DATASETS[wildcards.dataset].inputs]
 
 
+def pretrain_datasets():
+    """The corpus and every tissue that uses the shared vocabulary: what pretraining reads."""
+    return [n for n, d in DATASETS.items() if d.vocab_mode == "match"]
+
+
 def pretrain_stores():
-    """Token stores pretraining reads: the corpus and every tissue that uses the shared vocabulary."""
-    names = [n for n, d in DATASETS.items() if d.vocab_mode == "match"]
-    return all_token_stores(names)
+    """Token stores pretraining reads (shard stores for sharded datasets)."""
+    return all_token_stores(pretrain_datasets())
 
 
 def torch_launcher(gpus):
@@ -47,12 +51,12 @@ def pretrain_settings():
 
 
 def pretrain_workdir():
-    """Where pretraining checkpoints survive pre-emption: one folder per settings and corpus, so a resumed job
-    never meets a checkpoint of other settings."""
+    """Where pretraining checkpoints survive pre-emption: one folder per settings and store list (the datasets
+    and how they are sharded), so a resumed job never meets a checkpoint written for other data or settings."""
     import hashlib
 
-    names = sorted(n for n, d in DATASETS.items() if d.vocab_mode == "match")
-    key = hashlib.sha1(json.dumps([pretrain_settings(), names]).encode()).hexdigest()[:10]
+    data = [sorted(pretrain_datasets()), config.get("shards") or {}]
+    key = hashlib.sha1(json.dumps([pretrain_settings(), *data], sort_keys=True).encode()).hexdigest()[:10]
     return f"results/pretrain/work-{key}"
 
 
