@@ -18,6 +18,7 @@ run_guarded(
         figures_dir=Path(sm.output.class_sizes).parent,
         pretrain_log=pretrain_log,
         evaluation=bool(sm.input.evaluation),
+        rare_fraction=sm.params.rare_fraction,
     ),
     log_path=sm.log[0],
 )

@@ -208,8 +208,10 @@ def test_tissue_report_is_self_contained(full_report):
 def test_tissue_report_without_evaluation_shows_celler_only(tmp_path):
     root = make_results(tmp_path)
     (root / "pretrain").rename(tmp_path / "unused")
-    html = build_tissue_report("pancreas", root, tmp_path / "out/report.html").read_text()
+    html = build_tissue_report("pancreas", root, tmp_path / "out/report.html", rare_fraction=0.05).read_text()
     assert "Celler only" in html
+    assert "below 5% of the training cells" in html and "(5% of the training cells)" in html  # the configured cut
+    assert "3%" not in html
     assert '<td class="txt">logreg</td>' not in html
     assert "No <code>marker_tissue</code>" in html
     assert "No pretraining log" in html

@@ -62,6 +62,13 @@ class ValueSample:
         self._parts: dict[str, list[np.ndarray]] = {}
         self._held: dict[str, int] = {}
 
+    def add_rows(self, x, batches) -> None:
+        """Add the non-zero values of a CSR matrix whose row i belongs to batch ``batches[i]``."""
+        names, codes = np.unique(np.asarray(batches).astype(str), return_inverse=True)
+        code_of = np.repeat(codes.astype(np.int32), np.diff(x.indptr)) if len(names) > 1 else None
+        for k, b in enumerate(names):
+            self.add(b, x.data if code_of is None else x.data[code_of == k])
+
     def add(self, batch: str, values: np.ndarray) -> None:
         p = self.p.setdefault(batch, 1.0)
         self.seen[batch] = self.seen.get(batch, 0) + values.size

@@ -264,7 +264,7 @@ def _page(title: str, subtitle: str, body: str, nav: Sequence[tuple[str, str]] =
 #: HTML captions of the figures (the Snakemake report's captions are in workflow/report/*.rst).
 CAPTIONS = {
     "class_sizes": "Kept cells per class and split, largest first (log scale); the dotted line marks the "
-    "rare-class threshold (3% of the training cells).",
+    "rare-class threshold ({rare:.0%} of the training cells).",
     "training_curves": "Pretraining masked-value loss per step; fine-tuning training loss and validation "
     "macro-F1 per epoch.",
     "f1_vs_size": "F1 of each class on the test cells (mean over seeds) against its number of training cells "
@@ -390,7 +390,9 @@ def _umap_figure(inp: _Inputs) -> Figure:
     return plots.umap_embedding(coords, labels, order=inp.order)
 
 
-def _figures(inp: _Inputs, marker_tissue: str | None, markers_dir) -> tuple[dict[str, Figure], dict, pd.DataFrame]:
+def _figures(
+    inp: _Inputs, marker_tissue: str | None, markers_dir, rare_fraction: float
+) -> tuple[dict[str, Figure], dict, pd.DataFrame]:
     """All figures of a tissue report, the Celler evaluation (confusion matrix) and the known-marker table."""
     level = inp.level
     if inp.eval_per_class is not None:
@@ -399,7 +401,7 @@ def _figures(inp: _Inputs, marker_tissue: str | None, markers_dir) -> tuple[dict
         per_class = inp.celler_per_class[inp.celler_per_class["level"] == level].assign(method="celler")
     result = evaluate(inp.main_predictions, inp.train_counts(level))
     figs = {
-        "class_sizes": plots.class_sizes(_class_counts(inp)),
+        "class_sizes": plots.class_sizes(_class_counts(inp), rare_fraction=rare_fraction),
         "training_curves": plots.training_curves(inp.finetune_log, inp.pretrain_log),
         "f1_vs_size": plots.f1_vs_size(per_class, title=f"Per-class F1 vs training class size ({level})"),
         "confusion": plots.confusion_heatmap(
@@ -438,6 +440,7 @@ def build_tissue_report(
     figures_dir: str | Path | None = None,
     pretrain_log: str | Path | None = None,
     evaluation: bool = True,
+    rare_fraction: float = 0.03,
 ) -> Path:
     """Write the HTML report of one tissue and its figures.
 
@@ -446,7 +449,8 @@ def build_tissue_report(
     per_class, embeddings) and, with ``evaluation``, ``evaluation/{metrics,per_class}.tsv`` when they exist.
     ``pretrain_log``: the pretraining ``train_log.csv`` to plot (none: fine-tuning curves only).
     ``marker_tissue``: the tissue name in the marker tables (none: data-driven markers only);
-    ``markers_dir``: the tables' folder (default ``resources/markers``).
+    ``markers_dir``: the tables' folder (default ``resources/markers``). ``rare_fraction``: the rare-class
+    threshold the evaluation used (config ``evaluate.rare_fraction``), drawn and quoted on the page.
 
     Writes ``out_html`` and one PNG per entry of :data:`FIGURES` to ``figures_dir`` (default: ``figures/``
     next to ``out_html``). Returns the HTML path.
@@ -456,18 +460,18 @@ def build_tissue_report(
     out_html = Path(out_html)
     fig_dir = Path(figures_dir) if figures_dir is not None else out_html.parent / "figures"
     inp = _load(tissue, Path(results_dir), pretrain_log, evaluation=evaluation)
-    figs, result, known = _figures(inp, marker_tissue, markers_dir)
+    figs, result, known = _figures(inp, marker_tissue, markers_dir, rare_fraction)
     shown = {}
     for name, fig in figs.items():
         path = plots.save_figure(fig, fig_dir / f"{name}.png", dpi=DPI)
-        shown[name] = _img(path, FIGURES[name], CAPTIONS[name])
+        shown[name] = _img(path, FIGURES[name], CAPTIONS[name].format(rare=rare_fraction))
     log.info("wrote %d figures to %s", len(figs), fig_dir)
     summary, note = _metric_summary(inp)
     body = "\n".join(
         [
             _data_section(inp, summary, shown),
             _training_section(inp, shown),
-            _results_section(inp, summary, note, result, shown),
+            _results_section(inp, summary, note, result, shown, rare_fraction),
             f'<section id="embeddings"><h2>Embeddings</h2>{shown["umap"]}</section>',
             _markers_section(known, marker_tissue, shown),
         ]
@@ -532,7 +536,7 @@ def _training_section(inp: _Inputs, shown: dict[str, str]) -> str:
 
 
 def _results_section(
-    inp: _Inputs, summary: pd.DataFrame, note: str, result: dict, shown: dict[str, str]
+    inp: _Inputs, summary: pd.DataFrame, note: str, result: dict, shown: dict[str, str], rare_fraction: float
 ) -> str:
     per_class = "".join(
         _details(f"Celler per-class metrics ({level})", _table(part.drop(columns="level")))
@@ -547,7 +551,7 @@ def _results_section(
     return (
         '<section id="results"><h2>Results</h2>'
         f'<h3>Metrics</h3><p class="note">{note} Best value per level in bold. Rare recall: mean recall over '
-        f"the classes below 3% of the training cells.</p>{_metric_table(summary)}"
+        f"the classes below {rare_fraction:.0%} of the training cells.</p>{_metric_table(summary)}"
         f"<h3>Per-class F1 vs class size</h3>{shown['f1_vs_size']}{per_class}"
         f"<h3>Confusion matrix</h3>{open_set}{shown['confusion']}"
         "</section>"

@@ -37,6 +37,7 @@ from celler.config import DatasetSpec
 from celler.errors import CellerError
 from celler.io import atomic_path
 from celler.stages import read_cells
+from celler.tokens import read_edges
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,6 @@ class SavedSample:
             return z[self._key[batch]]
 
 
-def _normalised(chunk, *, normalize: bool):
-    from celler.prepare import normalised_log
-
-    return normalised_log(chunk) if normalize else chunk.x
-
-
 def sample_shard(
     spec: DatasetSpec,
     row: pd.Series,
@@ -147,7 +142,7 @@ def sample_shard(
 ) -> ValueSample:
     """Stream one shard (``cells``: its rows of the QC table, or the whole table) into a :class:`ValueSample`
     of the values tokenisation bins: log1p(counts per 10,000) for counts when ``normalize``, else as input."""
-    from celler.prepare import iter_chunks
+    from celler.prepare import iter_chunks, normalised_log
 
     sample = ValueSample(max_values=max_values, seed=seed + int(row["first"]))
     for chunk in iter_chunks(
@@ -158,12 +153,7 @@ def sample_shard(
         chunk_size=chunk_size,
         row_range=(int(row["start"]), int(row["stop"])),
     ):
-        x = _normalised(chunk, normalize=normalize)
-        batches = chunk.cells["batch"].astype(str).to_numpy()
-        names, codes = np.unique(batches, return_inverse=True)
-        code_of = np.repeat(codes.astype(np.int32), np.diff(x.indptr)) if len(names) > 1 else None
-        for k, b in enumerate(names):
-            sample.add(b, x.data if code_of is None else x.data[code_of == k])
+        sample.add_rows(normalised_log(chunk) if normalize else chunk.x, chunk.cells["batch"].to_numpy())
     return sample
 
 
@@ -206,10 +196,6 @@ def merge_samples(
 def write_edges(edges: dict[str, np.ndarray], path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({b: np.asarray(e).tolist() for b, e in edges.items()}))
-
-
-def read_edges(path: str | Path) -> dict[str, np.ndarray]:
-    return {b: np.asarray(e) for b, e in json.loads(Path(path).read_text()).items()}
 
 
 # --- 4. per-shard stores ------------------------------------------------------------------------------------

@@ -149,7 +149,12 @@ class TokenStore:
         return np.flatnonzero(seen)
 
     def bin_edges(self) -> dict[str, np.ndarray]:
-        return {b: np.asarray(e) for b, e in json.loads((self.path / "bin_edges.json").read_text()).items()}
+        return read_edges(self.path / "bin_edges.json")
+
+
+def read_edges(path) -> dict[str, np.ndarray]:
+    """Per-batch bin edges from a ``bin_edges.json`` (a store's, or the shared edges of a sharded dataset)."""
+    return {b: np.asarray(e) for b, e in json.loads(Path(path).read_text()).items()}
 
 
 class ConcatStore:
@@ -241,10 +246,7 @@ def tokenize(
                 x = normalised_log(chunk) if normalize else chunk.x
                 batches = chunk.cells["batch"].astype(str).to_numpy()
                 if spool:
-                    names, codes = _batch_codes(batches)
-                    code_of = np.repeat(codes.astype(np.int32), np.diff(x.indptr)) if len(names) > 1 else None
-                    for k, b in enumerate(names):
-                        sampler.add(b, x.data if code_of is None else x.data[code_of == k])
+                    sampler.add_rows(x, batches)
                     spool_file.write(np.ascontiguousarray(x.data, dtype=np.float32).tobytes())
                     bins = np.zeros(0, np.uint8)  # written after the pass, once the edges are known
                 elif scheme == "per_batch":

@@ -65,6 +65,7 @@ rule report_tissue:
         dotplot_predicted=report_figure("dotplot_predicted", "marker genes, predicted labels"),
     params:
         marker_tissue=lambda wc: config["tissues"][wc.tissue].get("marker_tissue"),
+        rare_fraction=config.get("evaluate", {}).get("rare_fraction", 0.03),
     resources:
         mem_mb=4000,
     log:
