@@ -19,8 +19,8 @@ from celler.errors import CellerError
 log = logging.getLogger(__name__)
 
 
-def read_h5ad(path: str | Path, *, backed: bool = False) -> ad.AnnData:
-    """Open an ``.h5ad`` file (read-only), failing with a one-line message on a missing or unreadable file.
+def read_h5ad(path: str | Path) -> ad.AnnData:
+    """Open an ``.h5ad`` file backed (read-only, the matrix stays on disk), failing with a one-line message on a missing or unreadable file.
 
     Values are checked where they are read, chunk by chunk (:meth:`MatrixReader.rows`).
     """
@@ -32,7 +32,7 @@ def read_h5ad(path: str | Path, *, backed: bool = False) -> ad.AnnData:
         msg = f"{path}: not an .h5ad file; convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))"
         raise CellerError(msg)
     try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
+        return ad.read_h5ad(path, backed="r")
     except Exception as e:  # h5py raises several types for a damaged or foreign file
         msg = f"{path}: cannot be read as AnnData ({type(e).__name__}: {e}); is it a valid .h5ad file?"
         raise CellerError(msg) from e
@@ -74,7 +74,7 @@ class MatrixReader:
 
     def __init__(self, path: str | Path, matrix: str = "X"):
         self.path = Path(path)
-        self._adata = read_h5ad(self.path, backed=True)
+        self._adata = read_h5ad(self.path)
         self.obs = self._adata.obs
         if matrix == "X":
             self._x, self.var = self._adata.X, self._adata.var

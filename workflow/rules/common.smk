@@ -193,11 +193,17 @@ def shard_config(wildcards):
     return json.dumps({"defaults": config.get("defaults", {}), section: {name: config[section][name]}})
 
 
-def shard_tokenize_flags():
-    """The `tokenize:` settings as `python -m celler.shards` flags."""
+def shard_read_flags():
+    """The `tokenize:` settings every `python -m celler.shards sample|tokenize` call reads a shard with."""
     t = config["tokenize"]
     normalize = "" if t.get("normalize", True) else "--no-normalize"
-    return f"--n-bins {t['n_bins']} --binning {t['binning']} --chunk-size {t.get('chunk_size', 20000)} {normalize}"
+    return f"--chunk-size {t.get('chunk_size', 20000)} {normalize}"
+
+
+def shard_tokenize_flags():
+    """The `tokenize:` settings as `python -m celler.shards tokenize` flags."""
+    t = config["tokenize"]
+    return f"--n-bins {t['n_bins']} --binning {t['binning']} {shard_read_flags()}"
 
 
 def shard_samples(wildcards):

@@ -60,7 +60,7 @@ rule shard_sample:
         temp("results/{dataset}/shards/{shard}/values.npz"),
     params:
         config=shard_config,
-        flags=shard_tokenize_flags(),
+        flags=shard_read_flags(),
     log:
         "logs/shard_sample/{dataset}-{shard}.log",
     resources:
