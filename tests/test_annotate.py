@@ -31,21 +31,18 @@ from celler.annotate import (
 )
 from celler.calibration import DEFAULT_THRESHOLD, calibrate
 from celler.errors import CellerError
-from celler.finetune import CellClassifier, FinetuneConfig, finetune, save_classifier
+from celler.finetune import CellClassifier, FinetuneConfig, save_classifier
 from celler.model import Encoder, preset
 from celler.tokens import TokenStore
 
 ROOT = Path(__file__).resolve().parents[1]
 XIN = ROOT / "resources/data/pancreas_xin_scclassify.h5ad"
 WANG = ROOT / "resources/data/pancreas_wang_scclassify.h5ad"
-HELD_OUT = "ductal"
-CFG = FinetuneConfig(init="scratch", loss="ginf+hdm", epochs=20, patience=20, max_len=128, batch_size=32,
-                     lr=3e-3, seed=0)
-# Floors measured on the real data with this setting (seed 0; seeds 0-4 in the notes at the asserts).
+HELD_OUT = "ductal"  # the type conftest's pancreas_model is trained without
+# Floors measured on the real data with pancreas_model's settings (seed 0; seeds 0-4 noted at the asserts).
 # Training is deterministic for a given seed and thread count (1 vs 2 threads moves logits by < 0.005).
 XIN_TOP1_FLOOR = 0.88
 XIN_LABELLED_FLOOR = 0.75
-HELD_OUT_UNASSIGNED_FLOOR = 0.75
 D_MODEL = preset("tiny").d_model
 
 
@@ -54,14 +51,9 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(pancreas_tokens, tmp_path_factory):
-    torch.manual_seed(0)
-    cells = TokenStore(pancreas_tokens).cells
-    train_cells = cells.index[cells["split"].eq("train") & cells["label"].ne(HELD_OUT)].tolist()
-    out = tmp_path_factory.mktemp("annotate") / "model"
-    finetune(pancreas_tokens, out, CFG, train_cells=train_cells)
-    assert (out / "calibration.json").exists()  # fine-tuning calibrates on its validation cells
-    return out
+def model_dir(pancreas_model):
+    assert (pancreas_model / "calibration.json").exists()  # fine-tuning calibrates on its validation cells
+    return pancreas_model
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +104,22 @@ def test_query_is_binned_exactly_as_the_training_data(model_dir, pancreas_tokens
     assert cov["model_genes_found"] == cov["model_genes"] == 218
 
 
-def test_unseen_type_is_mostly_unassigned(model_dir):
+def test_unseen_type_is_less_confident_and_more_often_unassigned(model_dir):
+    """Softmax confidence is a partial novelty detector: how many cells of a never-seen type fall below the
+    threshold varies widely with the seed (ductal Unassigned 0.35-0.96 over seeds 0-4), so this asserts the
+    ordering that held for every seed, not a share measured at one."""
     res = annotate(WANG, model_dir, progress=False)
-    truth = ad.read_h5ad(WANG).obs["celltype"].astype(str).reindex(res.predictions.index)
-    unassigned = res.predictions["label"].eq(UNASSIGNED)
+    p = res.predictions
+    truth = ad.read_h5ad(WANG).obs["celltype"].astype(str).reindex(p.index)
     held_out = truth.eq(HELD_OUT)
-    rate_new, rate_known = float(unassigned[held_out].mean()), float(unassigned[~held_out].mean())
-    # measured (seed 0): 92.7% of the 96 ductal cells Unassigned vs 15.3% of the trained types' cells.
-    # Softmax confidence is a partial novelty detector: over seeds 0-4 the ductal rate was 0.28-0.94
-    # (median 0.68), the trained types' 0.07-0.19.
-    assert rate_new >= HELD_OUT_UNASSIGNED_FLOOR, (rate_new, rate_known)
-    assert rate_known < rate_new - 0.4
+    seen_right = ~held_out & p["top1_label"].eq(truth)
+    unassigned = p["label"].eq(UNASSIGNED)
+    # measured, seeds 0-4 (pancreas_model's settings, seed changed): mean confidence of the ductal cells
+    # 0.61-0.94 vs 0.92-1.00 for the seen types' correctly labelled cells (gap 0.06-0.31); Unassigned
+    # 0.35-0.96 of the ductal cells vs 0.03-0.17 of the seen types' (4.7-11x)
+    assert p["confidence"][held_out].mean() < p["confidence"][seen_right].mean()
+    rate_new, rate_seen = float(unassigned[held_out].mean()), float(unassigned[~held_out].mean())
+    assert rate_new > 2 * rate_seen, (rate_new, rate_seen)
 
 
 def test_threshold_override_anndata_input_and_majority_voting(model_dir, xin_result):
@@ -270,7 +267,7 @@ def test_cli_end_to_end_leaves_the_query_untouched(model_dir, tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith("celler: error:")
     same = subprocess.run([sys.executable, "-m", "celler.cli", "annotate", str(XIN), "--model",
                            str(model_dir), "--out", str(XIN)], capture_output=True, text=True, check=False)
-    assert same.returncode == 1 and "refusing to overwrite the query" in same.stderr and _sha(XIN) == before
+    assert same.returncode == 1 and "it is the input" in same.stderr and _sha(XIN) == before
 
 
 def test_result_repr_and_frequency(xin_result):

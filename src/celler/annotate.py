@@ -42,7 +42,6 @@ a marker dot plot of the predicted types.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -56,6 +55,7 @@ import torch
 from celler import __version__
 from celler.calibration import DEFAULT_THRESHOLD
 from celler.errors import CellerError
+from celler.io import read_json
 
 log = logging.getLogger(__name__)
 UNASSIGNED = "Unassigned"
@@ -125,10 +125,15 @@ def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
                    "(results/<tissue>/model)?")
             raise CellerError(msg)
     classifier, labels = load_classifier(d, device=device)
-    config = json.loads((d / "config.json").read_text())
-    meta = json.loads((d / "token_meta.json").read_text())
+    config, meta = read_json(d / "config.json"), read_json(d / "token_meta.json")
+    for key, ok in (("n_bins", lambda v: isinstance(v, int) and v > 1),
+                    ("binning", lambda v: v in (None, "per_batch", "per_cell"))):
+        if not ok(meta.get(key)):
+            msg = (f"{d / 'token_meta.json'}: {key} is {meta.get(key)!r}, not a valid setting; the file is "
+                   "damaged or from another program: restore it from the fine-tuning run")
+            raise CellerError(msg)
     cal_path = d / "calibration.json"
-    calibration = json.loads(cal_path.read_text()) if cal_path.exists() else None
+    calibration = read_json(cal_path) if cal_path.exists() else None
     if calibration is None:
         log.warning("%s: no calibration.json; using temperature 1 and threshold %.2f", d, DEFAULT_THRESHOLD)
     vocab = Vocab.load(d / "vocab.json")
@@ -150,8 +155,8 @@ def training_genes(model_dir: Path, config: dict, vocab) -> np.ndarray | None:
     """
     path = Path(model_dir) / "genes.json"
     if path.exists():
-        tokens = json.loads(path.read_text())
-        ids = [vocab.token_to_id[t] for t in tokens if t in vocab]
+        tokens = read_json(path, expect=list)
+        ids = [vocab.token_to_id[t] for t in tokens if isinstance(t, str) and t in vocab]
         return np.unique(np.asarray(ids, dtype=np.int64))
     recorded = config.get("token_store")
     if recorded:  # a relative path is relative to the workflow directory: the cwd or an ancestor of the model
@@ -286,8 +291,6 @@ def annotate(
     ``min_overlap``: least share of the model's genes the query must contain; ``matrix``: X, raw or
     layers/NAME; ``gene_symbols``: a var column with gene symbols when var_names are something else.
     """
-    from celler.finetune import pick_device
-
     if top_k < 1:
         msg = f"top_k must be >= 1, got {top_k}"
         raise CellerError(msg)
@@ -297,13 +300,14 @@ def annotate(
             raise CellerError(msg)
     if isinstance(adata_or_path, str | Path):  # the cheap checks first, before loading the model
         if not Path(adata_or_path).is_file():
-            msg = f"{adata_or_path}: query file not found"
+            what = "is a folder, not an .h5ad file" if Path(adata_or_path).is_dir() else "query file not found"
+            msg = f"{adata_or_path}: {what}"
             raise CellerError(msg)
         if Path(adata_or_path).suffix != ".h5ad":
             msg = (f"{adata_or_path}: not an .h5ad file; convert the query with anndata first "
                    "(e.g. sc.read_10x_mtx(...).write_h5ad(...))")
             raise CellerError(msg)
-    dev = pick_device(device)
+    dev = _device(device)
     model = load_model(model_dir, device=str(dev))
     log.info("%r", model)
     with tempfile.TemporaryDirectory(prefix="celler-annotate-") as tmp:
@@ -337,6 +341,27 @@ def annotate(
     log.info("annotated %d cells: %.1f%% %s; %s", len(cells), 100 * frac, UNASSIGNED,
              result.summary_frequency().head(8).to_dict("records"))
     return result
+
+
+def _device(name: str) -> torch.device:
+    """The torch device for ``auto`` / ``cpu`` / ``cuda[:N]``; one-line error: no GPU, a bad name."""
+    from celler.finetune import pick_device
+
+    try:
+        dev = pick_device(str(name))
+    except RuntimeError as e:
+        msg = f"device {name!r} is not a device; use auto, cpu or cuda"
+        raise CellerError(msg) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        msg = f"device {name!r}: no CUDA GPU is visible here; use --device cpu (or auto)"
+        raise CellerError(msg)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        msg = f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) visible; use cuda:0 or auto"
+        raise CellerError(msg)
+    if dev.type not in ("cpu", "cuda"):
+        msg = f"device {name!r} is not supported; use auto, cpu or cuda"
+        raise CellerError(msg)
+    return dev
 
 
 def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key,
@@ -504,13 +529,14 @@ def predict(model: TrainedModel, store, *, batch_size="auto", device=None, progr
         msg = f"batch_size must be >= 1 or 'auto', got {batch_size!r}"
         raise CellerError(msg)
     names = {f.name for f in fields(FinetuneConfig)}
-    cfg = FinetuneConfig(**{k: v for k, v in model.config.get("finetune", {}).items() if k in names})
+    saved = {"gene_selection": "random", **model.config.get("finetune", {})}  # models before gene_selection
+    cfg = FinetuneConfig(**{k: v for k, v in saved.items() if k in names})
     cfg = replace(cfg, max_len=model.max_len, device=str(device))
     n = len(store)
     order = np.argsort(-store.lengths, kind="stable")  # longest first: the peak memory shows at once
     levels = model.classifier.levels
     out = {k: torch.zeros(n, len(v)) for k, v in levels.items()}
-    emb = np.zeros((n, model.classifier.encoder.config.d_model), np.float32)
+    emb = np.zeros((n, model.classifier.embedding_dim), np.float32)
     log.info("predicting %d cells on %s, %d cells per batch", n, device, bs)
     with tqdm(total=n, desc="annotate", unit="cell", disable=not progress, mininterval=2) as bar:
         start = 0
@@ -639,28 +665,38 @@ def vote(result: AnnotationResult, *, clusters=None, min_prop: float = 0.0) -> A
 # ------------------------------------------------------------------------------------ file-to-file stage
 
 
-def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_out=None,
+def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_out=None, force: bool = False,
                   **kwargs) -> AnnotationResult:
     """Annotate ``query`` (.h5ad) and write the annotated copy ``out`` (.h5ad), the per-cell CSV, the label
-    distribution (TSV) and a marker dot plot of the predicted types; the query file is never modified."""
+    distribution (TSV) and a marker dot plot of the predicted types; the query file is never modified.
+
+    An output may replace an existing file, never the query, the model directory or a folder
+    (:func:`celler.io.check_replaceable`; ``force`` allows a folder); this is checked before any work."""
     import anndata as ad
 
-    from celler.io import atomic_path
+    from celler.io import atomic_path, check_replaceable
 
     query, out = Path(query), Path(out)
     if out.suffix != ".h5ad":
         msg = f"{out}: the annotated copy must be an .h5ad file"
         raise CellerError(msg)
-    if out.resolve() == query.resolve():
-        msg = f"{out}: refusing to overwrite the query; write the annotated copy to another file"
-        raise CellerError(msg)
+    outputs = [Path(p) for p in (out, csv, labels_out, markers_out) if p]
+    seen = [p.absolute() for p in outputs]
+    for path in outputs:
+        if seen.count(path.absolute()) > 1:
+            msg = f"{path}: given for two outputs (--out and --csv?); give each output its own path"
+            raise CellerError(msg)
+    guard = {"inputs": (query, model_dir), "force": force}
+    for path in outputs:
+        check_replaceable(path, directory=False, **guard)
     result = annotate(query, model_dir, **kwargs)
     adata = ad.read_h5ad(query)
     result.to_adata(adata)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, **guard) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
     if csv:
-        result.to_csv(csv)
+        with atomic_path(csv, **guard) as tmp:
+            result.predictions.rename_axis("cell").to_csv(tmp)
     by = "majority_voting" if "majority_voting" in result.predictions else "label"
     if labels_out:
         table = result.summary_frequency()
@@ -668,10 +704,10 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
             voted = result.summary_frequency(by).rename(columns={by: "label"})
             table = table.merge(voted[["label", "n_cells"]], on="label", how="outer",
                                 suffixes=("", "_majority_voting")).fillna(0)
-        with atomic_path(labels_out) as tmp:
+        with atomic_path(labels_out, **guard) as tmp:
             table.to_csv(tmp, sep="\t", index=False)
     if markers_out:
-        with atomic_path(markers_out) as tmp:
+        with atomic_path(markers_out, **guard) as tmp:
             marker_dotplot(adata, f"celler_{by}", tmp, matrix=kwargs.get("matrix", "X"),
                            title=f"{query.stem}: markers of the predicted types")
     return result

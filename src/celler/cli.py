@@ -33,13 +33,18 @@ def run_guarded(func: Callable[[], object], *, log_path: str | Path | None = Non
     try:
         with contextlib.redirect_stderr(stderr_file) if stderr_file else contextlib.nullcontext():
             func()
-    except CellerError as e:
-        logging.getLogger("celler").error("%s", e)
+    except CellerError as e:  # printed once (not also logged to stderr); kept in the log file too
+        if stderr_file:
+            print(f"celler: error: {e}", file=stderr_file, flush=True)
         print(f"celler: error: {e}", file=sys.__stderr__)
         sys.exit(1)
     finally:
         if stderr_file:
             stderr_file.close()
+
+
+FORCE_HELP = ("replace an existing output Celler did not write (never an input, nor the current folder); "
+              "without it an output may only replace a file, an empty folder or a folder Celler wrote")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-bins", type=int, default=51)
     p.add_argument("--binning", default="per_batch", choices=["per_batch", "per_cell"])
     p.add_argument("--vocab-mode", default="match", choices=["match", "extend"])
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     _add_annotate_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "tokenize":
@@ -66,12 +72,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _tokenize(args) -> None:
     from celler.config import dataset_spec
-    from celler.io import atomic_path
+    from celler.io import atomic_path, check_replaceable
 
+    check_replaceable(args.out, directory=True, inputs=[args.h5ad], force=args.force)  # before any work
     spec = dataset_spec(Path(args.h5ad).stem, {
         "inputs": [args.h5ad], "label": args.label, "batch": args.batch, "matrix": args.matrix,
         "vocab_mode": args.vocab_mode, "qc": {"min_genes": args.min_genes, "min_cells": 1}})
-    with atomic_path(args.out) as out:  # all or nothing: a failed step leaves no output directory
+    # all or nothing: a failed step leaves no output directory
+    with atomic_path(args.out, inputs=[args.h5ad], force=args.force) as out:
         _tokenize_into(spec, out, args)
 
 
@@ -111,6 +119,7 @@ def _add_annotate_parser(sub) -> None:
                    help="least share of the model's genes the query must contain (default 0.3)")
     p.add_argument("--batch-size", default="auto", help="cells per forward pass, or auto (fits free memory)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _annotate(args) -> None:
@@ -124,7 +133,7 @@ def _annotate(args) -> None:
         batch_key=args.batch_key, threshold=args.threshold, majority_voting=args.majority_voting,
         min_prop=args.min_prop, top_k=args.top_k, matrix=args.matrix, gene_symbols=args.gene_symbols,
         min_overlap=args.min_overlap, device=args.device,
-        batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size))
+        batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size), force=args.force)
     print(result)
 
 

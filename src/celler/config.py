@@ -78,8 +78,38 @@ def all_datasets(config: dict[str, Any]) -> dict[str, DatasetSpec]:
     return out
 
 
-def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
-    """Validate ``config`` against the JSON schema; the error is one line naming the key path."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping; one-line errors naming the file (and the line of a syntax error)."""
+    import yaml
+
+    from celler.errors import CellerError
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        msg = f"{path}: config file {what}; pass an existing YAML file (e.g. --configfile .test/config.yaml)"
+        raise CellerError(msg)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        msg = f"{path}: YAML syntax error at {where}: {e.problem}; fix that line"
+        raise CellerError(msg) from e
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        msg = f"{path}: cannot be read as YAML ({type(e).__name__}); is it the config file?"
+        raise CellerError(msg) from e
+    if not isinstance(config, dict) or not config:
+        found = "nothing" if not config else f"a {type(config).__name__}"
+        msg = (f"{path}: the config file holds {found}, not keys such as 'tissues:'; start from the "
+               "repository's config.yaml")
+        raise CellerError(msg)
+    return config
+
+
+def check_config(config: dict[str, Any], schema_path: str | Path, source: str = "config") -> None:
+    """Validate ``config`` against the JSON schema; the error is one line naming ``source`` (the config
+    file) and the key path."""
     import jsonschema
     import yaml
 
@@ -91,5 +121,29 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     if errors:
         err = max(errors[:1] + [e for e in errors if e.context], key=lambda e: len(e.absolute_path))
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        msg = f"config: {where}: {err.message}"
+        msg = f"{source}: {where}: {err.message}"
         raise CellerError(msg)
+
+
+def config_source(files, *, overrides: bool = False) -> str:
+    """How messages name the config: its files (relative to the working directory when inside it), plus
+    ``--config`` when keys were overridden on the command line; ``config.yaml`` when no file was given."""
+    cwd = Path.cwd()
+    names = [str(Path(f).relative_to(cwd)) if Path(f).is_relative_to(cwd) else str(f) for f in files]
+    return " + ".join(names or ["config.yaml"]) + (" + --config" if overrides else "")
+
+
+def check_input_files(config: dict[str, Any], source: str = "config") -> None:
+    """Every input and query file the config names exists and is a file: one line naming the key if not."""
+    from celler.errors import CellerError
+
+    for section in ("tissues", "corpus"):
+        for name, block in (config.get(section) or {}).items():
+            files = [("inputs", i["path"] if isinstance(i, dict) else i) for i in block.get("inputs", [])]
+            files += [("queries", q) for q in block.get("queries", [])]
+            for key, f in files:
+                if not Path(f).is_file():
+                    what = "is a folder" if Path(f).is_dir() else "not found"
+                    msg = (f"{source}: {section}.{name}.{key}: {f}: {what}; fix the path (relative to "
+                           f"{Path.cwd()})")
+                    raise CellerError(msg)

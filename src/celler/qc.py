@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from celler.config import DatasetSpec
 from celler.errors import CellerError
@@ -22,16 +23,40 @@ log = logging.getLogger(__name__)
 REASONS = ("dropped label", "missing label", "min_genes", "min_counts", "max_pct_mito")
 
 
-def detect_kind(data: np.ndarray) -> str:
-    """'counts' when the sampled non-zero values are all integers, else 'log' (log-normalised)."""
-    sample = data[: 200_000]
+def detect_kind(data: np.ndarray, *, source: str = "input") -> str:
+    """'counts' when the sampled non-zero values are all whole numbers, else 'log' (log-normalised).
+
+    Counts carrying float noise (every value within ``COUNT_NOISE`` of a whole number >= 1, e.g. after a
+    float32 round trip) are counts too, with a warning naming ``source``.
+    """
+    sample = np.asarray(data[: 200_000], dtype=np.float64)
     if sample.size == 0:
         return "counts"
-    return "counts" if np.all(np.mod(sample, 1) == 0) else "log"
+    whole = np.rint(sample)
+    if np.array_equal(sample, whole):
+        return "counts"
+    off = np.abs(sample - whole)
+    if (whole >= 1).all() and off.max() <= COUNT_NOISE:
+        log.warning("%s: values are whole numbers plus float noise (up to %.2g): treated as raw counts; "
+                    "round them to silence this warning, or pass log-normalised values if not counts",
+                    source, off.max())
+        return "counts"
+    return "log"
+
+
+COUNT_NOISE = 0.01
 
 
 def _input_genes(readers: list[MatrixReader], how: str) -> pd.Index:
-    genes = [r.var.index.astype(str) for r in readers]
+    """The dataset's gene names (each once: a name repeated in a file is one gene, its columns summed)."""
+    genes = []
+    for r in readers:
+        names = r.var.index.astype(str)
+        if not names.is_unique:
+            dup = names[names.duplicated()]
+            log.warning("%s: %d duplicate gene names (e.g. %s); their columns are summed into one gene",
+                        r.path, len(dup), ", ".join(dup[:3]))
+        genes.append(names.unique())
     out = genes[0]
     for g in genes[1:]:
         out = out.intersection(g, sort=False) if how == "intersect" else out.union(g, sort=False)
@@ -61,7 +86,8 @@ def run_qc(spec: DatasetSpec, *, chunk_size: int = 20_000) -> tuple[pd.DataFrame
         _apply_filters(cells, spec)
         if not cells["kept"].any():
             worst = cells["reason"].value_counts().idxmax()
-            msg = (f"{spec.name}: no cells left after QC (most removed by {worst!r}); "
+            where = spec.inputs[0].path if len(spec.inputs) == 1 else f"dataset {spec.name}"
+            msg = (f"{where}: no cells left after QC (most removed by {worst!r}); "
                    "relax the qc thresholds or check drop_labels")
             raise CellerError(msg)
         n_cells = pd.Series(0, index=genes, dtype=np.int64)
@@ -96,12 +122,15 @@ def _cell_metrics(reader: MatrixReader, infile, spec: DatasetSpec, chunk_size: i
     mito_total = np.zeros(reader.n_cells, np.float64)
     kind = None
     for start, x in reader.chunks(chunk_size):
-        kind = kind or (detect_kind(x.data) if x.nnz else None)
+        kind = kind or (detect_kind(x.data, source=str(reader.path)) if x.nnz else None)
         stop = start + x.shape[0]
         n_genes[start:stop] = np.diff(x.indptr)
         total[start:stop] = np.asarray(x.sum(axis=1)).ravel()
         mito_total[start:stop] = x @ mito.astype(np.float32) if mito.any() else 0.0
-    kind = kind or "counts"
+    if kind is None:
+        msg = (f"{reader.path}: the expression matrix ({spec.matrix}) is all zeros; check the file or choose "
+               "another matrix")
+        raise CellerError(msg)
     log.info("%s: values look like %s", reader.path, "raw counts" if kind == "counts" else "log-normalised data")
     df = pd.DataFrame(index=obs.index.astype(str))
     df.index.name = "cell"
@@ -110,13 +139,24 @@ def _cell_metrics(reader: MatrixReader, infile, spec: DatasetSpec, chunk_size: i
     df["n_genes"] = n_genes
     df["total"] = total
     df["pct_mito"] = np.divide(100 * mito_total, total, out=np.zeros_like(total), where=total > 0)
-    df["label"] = obs[spec.label].astype(object).to_numpy() if spec.label else None
+    df["label"] = _labels(obs, spec.label, reader.path) if spec.label else None
     df["parent"] = obs[spec.parent_label].astype(object).to_numpy() if spec.parent_label else None
     df["batch"] = obs[spec.batch].astype(str).to_numpy() if spec.batch else spec.name
     df["input_split"] = infile.split
     if spec.split.get("by") == "column":
         df[spec.split["column"]] = obs[spec.split["column"]].astype(str).to_numpy()
     return df
+
+
+def _labels(obs: pd.DataFrame, column: str, path) -> np.ndarray:
+    """The label column as objects, empty / blank strings as missing; an error when no cell has a label."""
+    labels = obs[column].astype(object)
+    labels = labels.where(~labels.astype(str).str.strip().isin(["", "nan"]) & labels.notna(), None)
+    if labels.isna().all():
+        msg = (f"{path}: obs column {column!r} (config key 'label') is empty for every cell; choose the column "
+               "with the cell types")
+        raise CellerError(msg)
+    return labels.to_numpy()
 
 
 def _apply_filters(cells: pd.DataFrame, spec: DatasetSpec) -> None:
@@ -139,14 +179,18 @@ def _apply_filters(cells: pd.DataFrame, spec: DatasetSpec) -> None:
 
 
 def _gene_counts(reader: MatrixReader, genes: pd.Index, kept: pd.Series, chunk_size: int) -> pd.Series:
-    cols = reader.var.index.astype(str).get_indexer(genes)
-    keep_rows = kept.reindex(reader.obs.index.astype(str)).to_numpy()
-    per_var = np.zeros(reader.shape[1], np.int64)
+    """Kept cells in which each of ``genes`` is detected (columns of a repeated gene name summed first)."""
+    pos = genes.get_indexer(reader.var.index.astype(str))
+    cols = np.flatnonzero(pos >= 0)
+    to_gene = sp.csr_matrix((np.ones(len(cols), np.float32), (cols, pos[cols])),
+                            shape=(reader.shape[1], len(genes)))
+    keep_rows = kept.reindex(reader.obs.index.astype(str)).to_numpy(dtype=bool)
+    n_cells = np.zeros(len(genes), np.int64)
     for start, x in reader.chunks(chunk_size):
-        rows = keep_rows[start:start + x.shape[0]]
-        entry_kept = np.repeat(rows, np.diff(x.indptr))
-        per_var += np.bincount(x.indices[entry_kept], minlength=reader.shape[1])
-    return pd.Series(np.where(cols >= 0, per_var[np.maximum(cols, 0)], 0), index=genes)
+        y = (x[keep_rows[start:start + x.shape[0]]] @ to_gene).tocsr()
+        y.eliminate_zeros()
+        n_cells += np.bincount(y.indices, minlength=len(genes))
+    return pd.Series(n_cells, index=genes)
 
 
 def qc_summary(cells: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFrame:

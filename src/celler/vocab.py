@@ -41,10 +41,14 @@ class Vocab:
     def load(cls, path: str | Path) -> Vocab:
         path = Path(path)
         try:
-            return cls(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            msg = f"{path}: cannot read the vocabulary ({e}); expected a JSON object gene -> id"
+            table = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # missing, not text, not JSON
+            msg = f"{path}: cannot read the vocabulary ({type(e).__name__}); expected a JSON object gene -> id"
             raise CellerError(msg) from e
+        if not isinstance(table, dict) or not all(isinstance(i, int) for i in table.values()):
+            msg = f"{path}: not a vocabulary; expected a JSON object gene -> integer id"
+            raise CellerError(msg)
+        return cls(table)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.token_to_id))

@@ -4,11 +4,14 @@ import sys
 
 from snakemake.utils import validate
 
-from celler.config import all_datasets, check_config
+from celler.config import all_datasets, check_config, check_input_files, config_source
 from celler.errors import CellerError
 
-try:  # one line naming the key, before Snakemake's own (more verbose) validation fills defaults
-    check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+# one line naming the config file and the key, before Snakemake's own (more verbose) validation fills defaults
+CONFIG_SOURCE = config_source(workflow.overwrite_configfiles, overrides=bool(workflow.config_settings.config))
+try:
+    check_config(config, workflow.source_path("../schemas/config.schema.yaml"), source=CONFIG_SOURCE)
+    check_input_files(config, source=CONFIG_SOURCE)
 except CellerError as e:
     sys.exit(f"celler: error: {e}")
 validate(config, schema="../schemas/config.schema.yaml")
