@@ -108,3 +108,31 @@ def test_finetune_learns_pancreas_better_than_chance(pancreas_tokens, tmp_path):
     # from scratch, 8 short epochs: well above chance (7 classes, ~0.14); the accuracy floor on real
     # data with a longer run is in test_annotate.py
     assert info["val_macro_f1"] > 0.2
+
+
+def test_profile_readout_and_hvg_genes_travel_with_the_model(facs_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1}, readout="cls+mean+profile", gene_selection="hvg", n_hvg=300)
+    model, _, _ = finetune(facs_tokens, tmp_path / "m", cfg)
+    assert model.embedding_dim == 3 * model.encoder.config.d_model
+    assert len(model.selected_genes) == 300
+    store = TokenStore(facs_tokens)
+    test = np.flatnonzero(store.cells.split == "test")
+    pred, emb = predictions_table(model, store, test, cfg)
+    assert emb.shape == (len(test), model.embedding_dim)
+    loaded, _ = load_classifier(tmp_path / "m")
+    assert loaded.readout == "cls+mean+profile"
+    np.testing.assert_array_equal(loaded.selected_genes, model.selected_genes)
+    # a cell's label depends on the model and the cell only: another seed reads the same genes
+    from dataclasses import replace
+
+    again, _ = predictions_table(loaded, store, test, replace(cfg, seed=5))
+    assert pred.predicted.equals(again.predicted)
+    np.testing.assert_allclose(pred.confidence, again.confidence, rtol=1e-5)
+
+
+def test_readout_errors_are_clear(pancreas_tokens, tmp_path):
+    with pytest.raises(CellerError, match="readout must be"):
+        finetune(pancreas_tokens, tmp_path / "a", FinetuneConfig(**FAST, readout="cls+pooler"))
+    with pytest.raises(CellerError, match="freeze_encoder"):
+        finetune(pancreas_tokens, tmp_path / "b", FinetuneConfig(**FAST, readout="cls+profile", freeze_encoder=True))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

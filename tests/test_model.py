@@ -15,6 +15,7 @@ from celler.batching import (
     RandomBatchSampler,
     collate,
     padding_fraction,
+    top_genes,
 )
 from celler.errors import CellerError
 from celler.model import (
@@ -23,6 +24,7 @@ from celler.model import (
     Encoder,
     MaskedValueModel,
     ModelConfig,
+    ProfileEncoder,
     configure_optimizers,
     preset,
 )
@@ -260,3 +262,69 @@ def test_batches_are_sharded_over_ranks():
     shards = [list(LengthBucketSampler(lengths, 30, seed=4, rank=r, world_size=4)) for r in range(4)]
     assert {len(s) for s in shards} == {8}  # 34 // 4: equal steps on every rank, remainder dropped
     assert [b for r in range(8) for s in shards for b in [s[r]]] == full[:32]
+
+
+def test_top_selection_keeps_the_highest_bins_whatever_the_seed_or_epoch(pbmc3k_tokens):
+    store = TokenStore(pbmc3k_tokens)
+    ds = CellDataset(store, max_len=64, mask_ratio=0.0, seed=0, select="top")
+    other = CellDataset(store, max_len=64, mask_ratio=0.0, seed=7, select="top")
+    other.set_epoch(3)
+    long_cells = np.flatnonzero(store.lengths > 63)[:30]
+    assert len(long_cells) == 30
+    for i in long_cells:
+        genes, bins = store[i]
+        item = ds[i]
+        kept = np.isin(genes, item["genes"][1:])
+        assert kept.sum() == 63
+        assert bins[kept].min() >= bins[~kept].max()  # nothing dropped is more expressed than what is kept
+        np.testing.assert_array_equal(item["values"][1:], bins[kept])
+        np.testing.assert_array_equal(other[i]["genes"], item["genes"])  # same genes: no random draw
+
+
+def test_top_genes_breaks_ties_without_favouring_low_ids():
+    genes = np.arange(1000)
+    kept = top_genes(genes, np.ones(1000, np.uint8), 100)
+    assert len(kept) == 100 and np.all(np.diff(kept) > 0)
+    assert 300 < kept.mean() < 700  # a fixed hash, not the first 100 ids
+
+
+def test_gene_filter_and_uncut_profile(pbmc3k_tokens):
+    store = TokenStore(pbmc3k_tokens)
+    i = int(np.argmax(store.lengths))
+    genes, bins = store[i]
+    allowed = genes[::3]
+    ds = CellDataset(store, max_len=32, mask_ratio=0.0, select="top", genes=allowed, profile=True)
+    item = ds[i]
+    assert set(item["genes"][1:]) <= set(allowed) and len(item["genes"]) == 32
+    np.testing.assert_array_equal(item["profile_genes"], allowed)  # every allowed gene, uncut
+    np.testing.assert_array_equal(item["profile_values"], bins[::3])
+    batch = collate([item, ds[0]], pad_id=int(store.meta["pad_id"]))
+    assert batch["profile_offsets"].tolist() == [0, len(allowed)]
+    assert len(batch["profile_genes"]) == len(allowed) + len(ds[0]["profile_genes"])
+    everything = CellDataset(store, max_len=32, mask_ratio=0.0, select="all")
+    assert len(everything[i]["genes"]) == len(genes) + 1
+    with pytest.raises(CellerError, match="gene selection"):
+        CellDataset(store, select="best")
+
+
+def test_profile_encoder_is_a_weighted_bag_over_ragged_cells():
+    cfg = ModelConfig(vocab_size=50, n_bins=11, d_model=8, n_heads=2, d_ff=16, pad_id=48, cls_id=49)
+    enc = ProfileEncoder(cfg)
+    genes, values = torch.tensor([3, 5, 7, 3]), torch.tensor([10, 5, 1, 10])
+    out = enc(genes, values, torch.tensor([0, 3]))
+    assert out.shape == (2, 8)
+    w = enc.bag.weight
+    expected = enc.norm((w[3] * 1.0 + w[5] * 0.5 + w[7] * 0.1)[None])[0]
+    torch.testing.assert_close(out[0], expected)
+    torch.testing.assert_close(out[1], enc.norm(w[3][None])[0])
+
+
+def test_slow_encoder_learns_at_a_fraction_of_the_rate():
+    model = MaskedValueModel(VARIANTS["prenorm-embedding"])
+    opt = configure_optimizers(model, lr=1e-3, weight_decay=0.1, slow=model.encoder, slow_scale=0.1)
+    enc = {id(p) for p in model.encoder.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    for g in opt.param_groups:
+        in_encoder = {id(p) in enc for p in g["params"]}
+        assert len(in_encoder) == 1  # a group is all encoder or all head
+        assert g["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)

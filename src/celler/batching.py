@@ -1,7 +1,12 @@
 """Batches of cells from a token store: dataset, masking, dynamic padding, and batch samplers.
 
 One item is a cell as the model reads it: ``<cls>`` first, then its non-zero genes, at most ``max_len``
-tokens (a longer cell gets a random subset of its genes, drawn anew each epoch). For pretraining,
+tokens. Which genes a longer cell keeps is ``select``: ``top`` keeps its highest-expressed genes (highest
+bins; ties broken by a fixed per-gene priority, so a cell always reads the same genes: its label depends on
+the model and the cell only), ``random`` draws a random subset anew each epoch (pretraining's augmentation),
+``all`` keeps every gene. ``genes`` (sorted token ids, e.g. a tissue's highly variable genes) first restricts
+a cell to those genes. With ``profile=True`` an item also carries the cell's whole (filtered) expression
+profile, uncut, for a readout that sees every gene (:class:`celler.model.ProfileEncoder`). For pretraining,
 ``mask_ratio`` of the gene values are hidden: each becomes the ``<mask>`` value id (``n_bins``, the extra
 row of the value embedding) and its bin becomes the target; every other position has target -100.
 ``<cls>`` and ``<pad>`` are never masked and a cell with genes always has at least one masked value.
@@ -28,12 +33,31 @@ from celler.errors import CellerError
 IGNORE_INDEX = -100  # target at positions that are not predicted (cross_entropy's default ignore_index)
 
 
+SELECTIONS = ("top", "random", "all")
+
+
+def tie_priority(genes: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random priority per gene id (a multiplicative hash): breaks ties between equal bins
+    the same way in every cell, run and process, without favouring low ids."""
+    return (np.asarray(genes, np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
+
+
+def top_genes(genes: np.ndarray, bins: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest-binned genes (ties by :func:`tie_priority`), in store order."""
+    order = np.lexsort((tie_priority(genes), -bins.astype(np.int64)))
+    return np.sort(order[:k])
+
+
 class CellDataset(Dataset):
     """Cells ``indices`` of ``store`` (a TokenStore or ConcatStore) as model inputs (see the module doc)."""
 
-    def __init__(self, store, indices=None, *, max_len: int = 1200, mask_ratio: float = 0.15, seed: int = 0):
+    def __init__(self, store, indices=None, *, max_len: int = 1200, mask_ratio: float = 0.15, seed: int = 0,
+                 select: str = "random", genes: np.ndarray | None = None, profile: bool = False):
         if max_len < 2:
             msg = f"max_len must be >= 2 (<cls> plus at least one gene), got {max_len}"
+            raise CellerError(msg)
+        if select not in SELECTIONS:
+            msg = f"gene selection must be one of {SELECTIONS}, got {select!r}"
             raise CellerError(msg)
         if not 0.0 <= mask_ratio < 1.0:
             msg = f"mask_ratio must be in [0, 1), got {mask_ratio}"
@@ -43,6 +67,9 @@ class CellDataset(Dataset):
         self.max_len = max_len
         self.mask_ratio = mask_ratio
         self.seed = seed
+        self.select = select
+        self.genes = None if genes is None else np.unique(np.asarray(genes, np.int64))
+        self.profile = profile
         self.cls_id = int(store.meta["cls_id"])
         self.pad_id = int(store.meta["pad_id"])
         self.mask_id = int(store.n_bins)
@@ -56,16 +83,25 @@ class CellDataset(Dataset):
 
     @property
     def lengths(self) -> np.ndarray:
-        """Sequence length of each item (with <cls>, capped at max_len), for the batch samplers."""
-        return np.minimum(self.store.lengths[self.indices] + 1, self.max_len)
+        """Sequence length of each item (with <cls>, capped at max_len), for the batch samplers.
+
+        With a gene filter this is the unfiltered length (an upper bound; only used to group cells)."""
+        n = self.store.lengths[self.indices] + 1
+        return n if self.select == "all" else np.minimum(n, self.max_len)
 
     def __getitem__(self, i: int) -> dict:
         idx = int(self.indices[i])
         genes, bins = self.store[idx]
+        if self.genes is not None:
+            keep = np.isin(genes, self.genes, assume_unique=True)
+            genes, bins = genes[keep], bins[keep]
+        profile = {"profile_genes": genes.astype(np.int64), "profile_values": bins.astype(np.int64)} \
+            if self.profile else {}
         rng = np.random.default_rng((self.seed, self.epoch, idx))
         n = len(genes)
-        if n > self.max_len - 1:  # random subset of the genes, kept in store order
-            keep = np.sort(rng.choice(n, self.max_len - 1, replace=False))
+        if n > self.max_len - 1 and self.select != "all":  # a subset of the genes, kept in store order
+            keep = (top_genes(genes, bins, self.max_len - 1) if self.select == "top"
+                    else np.sort(rng.choice(n, self.max_len - 1, replace=False)))
             genes, bins, n = genes[keep], bins[keep], self.max_len - 1
         g = np.empty(n + 1, np.int64)
         g[0], g[1:] = self.cls_id, genes
@@ -75,11 +111,14 @@ class CellDataset(Dataset):
         if self.mask_ratio > 0 and n > 0:
             pos = 1 + rng.choice(n, max(1, round(self.mask_ratio * n)), replace=False)  # never position 0
             t[pos], v[pos] = v[pos], self.mask_id
-        return {"index": idx, "genes": g, "values": v, "targets": t}
+        return {"index": idx, "genes": g, "values": v, "targets": t, **profile}
 
 
 def collate(items: list[dict], *, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a list of items to the longest: genes/values/targets (B, L) int64, padding_mask (B, L) bool."""
+    """Pad a list of items to the longest: genes/values/targets (B, L) int64, padding_mask (B, L) bool.
+
+    Items with a profile also give it flat, as ``nn.EmbeddingBag`` reads it: ``profile_genes`` and
+    ``profile_values`` (all cells' genes one after another) and ``profile_offsets`` (B,)."""
     B, L = len(items), max(len(it["genes"]) for it in items)
     genes = np.full((B, L), pad_id, np.int64)
     values = np.zeros((B, L), np.int64)
@@ -89,13 +128,19 @@ def collate(items: list[dict], *, pad_id: int) -> dict[str, torch.Tensor]:
         n = len(it["genes"])
         genes[r, :n], values[r, :n], targets[r, :n] = it["genes"], it["values"], it["targets"]
         padding[r, :n] = False
-    return {
+    out = {
         "index": torch.tensor([it["index"] for it in items]),
         "genes": torch.from_numpy(genes),
         "values": torch.from_numpy(values),
         "targets": torch.from_numpy(targets),
         "padding_mask": torch.from_numpy(padding),
     }
+    if "profile_genes" in items[0]:
+        sizes = [len(it["profile_genes"]) for it in items]
+        out["profile_genes"] = torch.from_numpy(np.concatenate([it["profile_genes"] for it in items]))
+        out["profile_values"] = torch.from_numpy(np.concatenate([it["profile_values"] for it in items]))
+        out["profile_offsets"] = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
+    return out
 
 
 class _EpochBatches(Sampler):
@@ -175,5 +220,5 @@ def padding_fraction(batches, lengths) -> float:
 
 
 __all__ = [
-    "IGNORE_INDEX", "CellDataset", "LengthBucketSampler", "RandomBatchSampler", "collate", "padding_fraction",
+    "IGNORE_INDEX", "SELECTIONS", "CellDataset", "top_genes", "LengthBucketSampler", "RandomBatchSampler", "collate", "padding_fraction",
 ]

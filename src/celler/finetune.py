@@ -43,7 +43,7 @@ from celler import __version__
 from celler.batching import CellDataset, LengthBucketSampler, collate
 from celler.errors import CellerError
 from celler.losses import build_loss
-from celler.model import ClassifierHead, Encoder, ModelConfig, configure_optimizers, preset
+from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder, configure_optimizers, preset
 from celler.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,14 @@ class FinetuneConfig:
     loss: str = "ginf+hdm"  # ce | focal | balanced_softmax | ginf | ginf+hdm | auto
     loss_params: dict = field(default_factory=dict)  # e.g. {form: paper, sigma: 0.33, tau: 1, hdm_n: 20}
     auto_grid: dict = field(default_factory=lambda: {"tau": [0.5, 1.0], "sigma": [0.0, 0.33, 1.0]})
-    max_len: int = 256  # tokens per cell incl. <cls>; longer cells get a random gene subset per epoch
+    max_len: int = 256  # tokens per cell incl. <cls>; a longer cell keeps the genes chosen by gene_selection
+    gene_selection: str = "top"  # top (highest-expressed), hvg (the tissue's highly variable genes, then top),
+    #                              random (a new random subset each epoch), all (no cap)
+    n_hvg: int = 2000  # gene_selection 'hvg': how many highly variable genes of the training cells
+    readout: str = "cls"  # what the heads read: cls, mean, profile (every expressed gene), joined by '+'
     batch_size: int = 32
-    lr: float = 5e-4  # peak AdamW learning rate (heads and encoder)
+    lr: float = 5e-4  # peak AdamW learning rate (heads and the profile view)
+    encoder_lr_scale: float = 1.0  # the encoder learns at this multiple of lr (< 1: adapt a pretrained one gently)
     weight_decay: float = 0.01
     epochs: int = 10  # at most this many passes over the training cells
     max_steps: int | None = None  # caps the epochs of large tissues: at most ceil(max_steps / steps per epoch)
@@ -76,17 +81,53 @@ class FinetuneConfig:
     bf16: bool = True  # autocast on CUDA only
 
 
+READOUTS = ("cls", "mean", "profile")  # parts of ``readout``, joined with '+': e.g. 'cls+profile'
+
+
 class CellClassifier(nn.Module):
-    """Encoder + one ClassifierHead per label level; ``forward`` returns ``{level: logits (B, C_level)}``."""
+    """Encoder + one ClassifierHead per label level; ``forward`` returns ``({level: logits (B, C)}, emb)``.
 
-    def __init__(self, encoder: Encoder, levels: dict[str, list[str]]):
+    The cell embedding the heads read is ``readout``: ``cls`` (the encoder's output at ``<cls>``), ``mean``
+    (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene), or
+    several joined by '+' (concatenated). ``genes``: the token ids a cell is restricted to (highly variable
+    genes), or None; kept with the model so that annotation reads cells as training did.
+    """
+
+    def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = "cls", genes=None):
         super().__init__()
+        parts = readout.split("+")
+        if not parts or any(p not in READOUTS for p in parts) or len(set(parts)) != len(parts):
+            msg = f"readout must be parts of {READOUTS} joined by '+' (e.g. cls+profile), got {readout!r}"
+            raise CellerError(msg)
         self.encoder = encoder
+        self.readout, self.parts = readout, parts
+        self.selected_genes = None if genes is None else np.asarray(genes, np.int64)
         self.levels = {k: list(v) for k, v in levels.items()}
-        self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v)) for k, v in levels.items()})
+        self.profile = ProfileEncoder(encoder.config) if "profile" in parts else None
+        d_in = encoder.config.d_model * len(parts)
+        self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v), d_in) for k, v in levels.items()})
 
-    def forward(self, genes, values, padding_mask=None, *, embedding=None):
-        emb = self.encoder.cell_embedding(genes, values, padding_mask) if embedding is None else embedding
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder.config.d_model * len(self.parts)
+
+    def embed(self, genes, values, padding_mask=None, profile=None):
+        """The readout vector (B, embedding_dim); ``profile`` = (genes, values, offsets) flat (collate)."""
+        views = []
+        if "cls" in self.parts or "mean" in self.parts:
+            hidden = self.encoder(genes, values, padding_mask)  # (B, L, d)
+            if "cls" in self.parts:
+                views.append(hidden[:, 0])
+            if "mean" in self.parts:
+                real = torch.ones_like(genes, dtype=hidden.dtype) if padding_mask is None else (~padding_mask).to(hidden.dtype)
+                real[:, 0] = 0  # not <cls>
+                views.append((hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1))
+        if "profile" in self.parts:
+            views.append(self.profile(*profile).to(views[0].dtype if views else torch.float32))
+        return views[0] if len(views) == 1 else torch.cat(views, 1)
+
+    def forward(self, genes, values, padding_mask=None, profile=None, *, embedding=None):
+        emb = self.embed(genes, values, padding_mask, profile) if embedding is None else embedding
         return {k: head(emb)[0] for k, head in self.heads.items()}, emb  # logits per level, (B, d)
 
 
@@ -155,8 +196,10 @@ def build_encoder(cfg: FinetuneConfig, store: TokenStore, pretrained: str | Path
     return encoder
 
 
-def _loader(store, indices, cfg: FinetuneConfig, *, shuffle: bool, epoch: int = 0):
-    ds = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=0.0, seed=cfg.seed)
+def _loader(store, indices, cfg: FinetuneConfig, model: CellClassifier, *, shuffle: bool, epoch: int = 0):
+    select = "top" if cfg.gene_selection == "hvg" else cfg.gene_selection
+    ds = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=0.0, seed=cfg.seed, select=select,
+                     genes=model.selected_genes, profile=model.profile is not None)
     ds.set_epoch(epoch)
     sampler = LengthBucketSampler(ds.lengths, cfg.batch_size, seed=cfg.seed, shuffle=shuffle)
     sampler.set_epoch(epoch)
@@ -165,7 +208,9 @@ def _loader(store, indices, cfg: FinetuneConfig, *, shuffle: bool, epoch: int = 
 
 def _batch_inputs(batch, device):
     pad = batch["padding_mask"]
-    return (batch["genes"].to(device), batch["values"].to(device), pad.to(device) if pad.any() else None)
+    profile = (tuple(batch[k].to(device) for k in ("profile_genes", "profile_values", "profile_offsets"))
+               if "profile_genes" in batch else None)
+    return (batch["genes"].to(device), batch["values"].to(device), pad.to(device) if pad.any() else None, profile)
 
 
 @torch.no_grad()
@@ -178,9 +223,9 @@ def predict_logits(model: CellClassifier, store, indices, cfg: FinetuneConfig, *
         return {k: v.float().cpu() for k, v in logits.items()}, embeddings
     position = {int(c): i for i, c in enumerate(indices)}
     out = {k: torch.zeros(len(indices), len(v)) for k, v in model.levels.items()}
-    emb = np.zeros((len(indices), model.encoder.config.d_model), np.float32)
+    emb = np.zeros((len(indices), model.embedding_dim), np.float32)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    for batch in _loader(store, indices, cfg, shuffle=False):
+    for batch in _loader(store, indices, cfg, model, shuffle=False):
         rows = [position[int(c)] for c in batch["index"]]
         with autocast:
             logits, e = model(*_batch_inputs(batch, device))
@@ -202,7 +247,8 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
     """The training loop (both stages): returns the best-on-validation state dict and its macro-F1."""
     device = next(model.parameters()).device
     # a frozen encoder has requires_grad False, so only the heads reach the optimiser
-    optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device.type)
+    optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device.type,
+                                     slow=model.encoder, slow_scale=cfg.encoder_lr_scale)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / cfg.batch_size)))
     if cfg.max_steps:
         epochs = max(1, min(epochs, int(np.ceil(cfg.max_steps / steps_per_epoch))))
@@ -222,8 +268,8 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
             batches = [b for b in np.array_split(rng.permutation(len(train_idx)), steps_per_epoch) if len(b)]
             iterator = ((None, train_idx[b]) for b in batches)
         else:
-            iterator = ((batch, batch["index"].numpy()) for batch in _loader(store, train_idx, cfg, shuffle=True,
-                                                                              epoch=epoch))
+            iterator = ((batch, batch["index"].numpy()) for batch in _loader(store, train_idx, cfg, model,
+                                                                              shuffle=True, epoch=epoch))
         for batch, idx in iterator:
             with autocast:
                 if frozen_emb is None:
@@ -261,6 +307,25 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
     return best
 
 
+def highly_variable_tokens(store, cell_idx: np.ndarray, n: int) -> np.ndarray:
+    """Token ids of the ``n`` most variable genes over the cells ``cell_idx`` (scanpy's Seurat dispersion,
+    on the binned values scaled to a log-expression-like 0..5 range)."""
+    import anndata as ad
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    rows = [store[int(i)] for i in cell_idx]
+    genes = np.concatenate([g for g, _ in rows]).astype(np.int64)
+    tokens, cols = np.unique(genes, return_inverse=True)
+    if len(tokens) <= n:
+        return tokens
+    values = np.concatenate([b for _, b in rows]).astype(np.float32) * (5.0 / (store.n_bins - 1))
+    indptr = np.concatenate([[0], np.cumsum([len(g) for g, _ in rows])])
+    x = sp.csr_matrix((values, cols, indptr), shape=(len(rows), len(tokens)))
+    hvg = sc.pp.highly_variable_genes(ad.AnnData(x), n_top_genes=n, flavor="seurat", inplace=False)
+    return tokens[hvg["highly_variable"].to_numpy()]
+
+
 def hard_examples(model, store, train_idx, targets, cfg, *, frozen_emb=None) -> np.ndarray:
     """Training cells predicted wrongly with probability above ``two_stage_confidence`` (subclass level)."""
     logits, _ = predict_logits(model, store, train_idx, cfg,
@@ -282,16 +347,18 @@ def loss_candidates(cfg: FinetuneConfig) -> list[tuple[str, dict]]:
 def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrained=None, train_cells=None):
     """Fine-tune on the 'train' cells of the token store at ``store_path``; write the model directory.
 
-    ``train_cells``: optional list of cell names restricting the training cells (an induced long tail).
+    ``train_cells``: optional list of cell names to train on instead of the store's 'train' split (an induced
+    long tail, or a split re-drawn per seed).
     Returns ``(model, levels, info)`` where ``info`` holds the chosen loss, class counts and validation F1.
     """
     cfg = cfg or FinetuneConfig()
     store = TokenStore(store_path)
     cells = store.cells
     device = pick_device(cfg.device)
-    train_mask = cells["split"].astype(str).eq("train").to_numpy()
-    if train_cells is not None:
-        train_mask &= cells.index.isin(pd.Index(train_cells))
+    if train_cells is None:
+        train_mask = cells["split"].astype(str).eq("train").to_numpy()
+    else:
+        train_mask = cells.index.isin(pd.Index(train_cells))
     all_train = np.flatnonzero(train_mask)
     levels = label_levels(cells, all_train)
     targets = encode_targets(cells, levels)
@@ -301,16 +368,23 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     log.info("fine-tuning on %d cells (%d for validation), %s classes", len(train_idx), len(val_idx),
              {k: len(v) for k, v in levels.items()})
 
+    genes = highly_variable_tokens(store, all_train, cfg.n_hvg) if cfg.gene_selection == "hvg" else None
+    if cfg.freeze_encoder and "profile" in cfg.readout:
+        msg = (f"freeze_encoder caches each cell's embedding once, so the readout cannot train a profile view "
+               f"(readout {cfg.readout!r}); use readout cls, mean or cls+mean, or freeze_encoder: false")
+        raise CellerError(msg)
+
     best_overall, rows = None, []
     for name, params in loss_candidates(cfg):
         torch.manual_seed(cfg.seed)
-        model = CellClassifier(build_encoder(cfg, store, pretrained), levels).to(device)
+        model = CellClassifier(build_encoder(cfg, store, pretrained), levels, readout=cfg.readout,
+                               genes=genes).to(device)
         frozen = None
         if cfg.freeze_encoder:
             model.encoder.requires_grad_(False)
             _, frozen_part = predict_logits(model, store, all_train if len(val_idx) == 0 else
                                             np.union1d(train_idx, val_idx), cfg)
-            frozen = np.zeros((len(store), model.encoder.config.d_model), np.float32)
+            frozen = np.zeros((len(store), model.embedding_dim), np.float32)
             frozen[np.union1d(train_idx, val_idx)] = frozen_part
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
@@ -363,6 +437,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         tmp.mkdir(parents=True)
         torch.save({"format_version": CLASSIFIER_FORMAT_VERSION, "celler_version": __version__,
                     "model_config": asdict(model.encoder.config), "levels": model.levels,
+                    "readout": model.readout, "selected_genes": None if model.selected_genes is None
+                    else model.selected_genes.tolist(),
                     "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp / "model.pt")
         (tmp / "labels.json").write_text(json.dumps({
             "levels": model.levels, "class_counts": info["class_counts"], "subclass_to_parent": sub_to_parent},
@@ -384,20 +460,34 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
 
 def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, dict]:
     """A fine-tuned classifier and its labels.json from a model directory; clear errors otherwise."""
+    from celler.io import read_json
+
     d = Path(model_dir)
     for name in ("model.pt", "labels.json", "vocab.json", "config.json"):
         if not (d / name).exists():
             msg = f"{d}: missing {name}; is this a Celler fine-tuned model directory (results/<tissue>/model)?"
             raise CellerError(msg)
-    blob = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-    if blob.get("format_version") != CLASSIFIER_FORMAT_VERSION:
+    try:
+        blob = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        msg = (f"{d / 'model.pt'}: cannot be loaded ({type(e).__name__}); the file is damaged or not a "
+               "Celler model: copy it again or re-train")
+        raise CellerError(msg) from e
+    if not isinstance(blob, dict) or blob.get("format_version") != CLASSIFIER_FORMAT_VERSION:
+        blob = blob if isinstance(blob, dict) else {}
         msg = (f"{d / 'model.pt'}: classifier format {blob.get('format_version')} (celler "
                f"{blob.get('celler_version')}) is not readable by celler {__version__} (format "
                f"{CLASSIFIER_FORMAT_VERSION}); re-train the model or install celler {blob.get('celler_version')}")
         raise CellerError(msg)
-    model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"])
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device).eval(), json.loads((d / "labels.json").read_text())
+    try:
+        model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"],
+                               readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"))
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing entries, mismatched weights
+        msg = (f"{d / 'model.pt'}: incomplete or inconsistent model ({type(e).__name__}: "
+               f"{str(e).splitlines()[0][:120] if str(e) else ''}); copy it again or re-train")
+        raise CellerError(msg) from e
+    return model.to(device).eval(), read_json(d / "labels.json")
 
 
 def predictions_table(model: CellClassifier, store: TokenStore, indices, cfg: FinetuneConfig) -> tuple[pd.DataFrame, np.ndarray]:

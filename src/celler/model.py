@@ -16,8 +16,9 @@ trains stably from scratch without careful warm-up; ``norm_first=False`` gives p
 (:mod:`celler.scgpt`). Attention goes through ``F.scaled_dot_product_attention``, which picks the flash /
 memory-efficient kernels on GPUs (flash when a batch has no padding, so pass ``padding_mask=None`` then).
 
-Modules: ``Encoder`` (embeddings + blocks), ``MaskedValueHead`` (pretraining), ``ClassifierHead``
-(fine-tuning), ``MaskedValueModel`` (encoder + masked-value head, what pretraining trains).
+Modules: ``Encoder`` (embeddings + blocks), ``MaskedValueHead`` (pretraining), ``ClassifierHead`` and
+``ProfileEncoder`` (fine-tuning: the head, and a linear view of the whole expression profile),
+``MaskedValueModel`` (encoder + masked-value head, what pretraining trains).
 """
 
 from __future__ import annotations
@@ -253,12 +254,36 @@ class MaskedValueHead(nn.Module):
         return logits, F.cross_entropy(logits.float(), targets[keep])
 
 
-class ClassifierHead(nn.Module):
-    """An MLP from the cell embedding to class logits (fine-tuning); cross-entropy when given targets."""
+class ProfileEncoder(nn.Module):
+    """A cell's whole expression profile as one vector: the bin-weighted sum of a learned vector per gene,
+    then LayerNorm (``nn.EmbeddingBag`` over the ragged gene lists, no length cap).
 
-    def __init__(self, config: ModelConfig, n_classes: int):
+    It is a linear map of every expressed gene, the kind of readout that lets a linear classifier use
+    all of a cell's genes, next to the transformer's view of its highest-expressed ones (the fine-tuning
+    ``readout: cls+profile``). Weights are bin / (n_bins - 1), so the rank within the batch, in (0, 1].
+    """
+
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(config.d_model, config.d_model)
+        self.n_bins = config.n_bins
+        self.bag = nn.EmbeddingBag(config.vocab_size, config.d_model, mode="sum")
+        self.norm = nn.LayerNorm(config.d_model)
+        nn.init.normal_(self.bag.weight, mean=0.0, std=0.02)
+
+    def forward(self, genes, values, offsets):
+        """genes, values: (N,) flat over the batch; offsets: (B,) start of each cell -> (B, d_model)."""
+        weights = values.float() / (self.n_bins - 1)
+        return self.norm(self.bag(genes, offsets, per_sample_weights=weights))
+
+
+class ClassifierHead(nn.Module):
+    """An MLP from the cell embedding to class logits (fine-tuning); cross-entropy when given targets.
+
+    ``d_in`` is the embedding's width (d_model, or a multiple when a readout joins several views)."""
+
+    def __init__(self, config: ModelConfig, n_classes: int, d_in: int | None = None):
+        super().__init__()
+        self.fc = nn.Linear(d_in or config.d_model, config.d_model)
         self.norm = nn.LayerNorm(config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.d_model, n_classes)
@@ -287,13 +312,22 @@ class MaskedValueModel(nn.Module):
 
 
 def configure_optimizers(model: nn.Module, *, lr: float, weight_decay: float,
-                         betas: tuple[float, float] = (0.9, 0.95), device_type: str = "cpu"):
-    """AdamW with weight decay on matrices and embeddings (dim >= 2) only, not on biases and norms."""
+                         betas: tuple[float, float] = (0.9, 0.95), device_type: str = "cpu",
+                         slow: nn.Module | None = None, slow_scale: float = 1.0):
+    """AdamW with weight decay on matrices and embeddings (dim >= 2) only, not on biases and norms.
+
+    ``slow``: a submodule (a pretrained encoder) whose parameters learn at ``slow_scale`` x ``lr``, so that
+    fine-tuning on a few hundred cells adapts it gently while new heads learn at full speed."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    slow_ids = {id(p) for p in slow.parameters()} if slow is not None and slow_scale != 1.0 else set()
+    groups = []
+    for scale, members in ((1.0, [p for p in params if id(p) not in slow_ids]),
+                           (slow_scale, [p for p in params if id(p) in slow_ids])):
+        if members or not groups:
+            groups += [
+                {"params": [p for p in members if p.dim() >= 2], "weight_decay": weight_decay, "lr": lr * scale},
+                {"params": [p for p in members if p.dim() < 2], "weight_decay": 0.0, "lr": lr * scale},
+            ]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
 
 
@@ -320,6 +354,6 @@ def describe(config: ModelConfig) -> str:
 
 
 __all__ = [
-    "PRESETS", "ClassifierHead", "Encoder", "MaskedValueHead", "MaskedValueModel", "ModelConfig",
+    "PRESETS", "ClassifierHead", "Encoder", "MaskedValueHead", "MaskedValueModel", "ModelConfig", "ProfileEncoder",
     "configure_optimizers", "describe", "preset",
 ]

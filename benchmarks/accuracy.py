@@ -1,0 +1,223 @@
+"""Accuracy benchmark: Celler and every baseline on the bundled benchmarks over seeds; a table in RESULTS.md.
+
+    python benchmarks/accuracy.py                          # config.yaml's Celler + the baselines, seeds 0-2
+    python benchmarks/accuracy.py --variant cls='{"readout": "cls"}' --variant random='{"gene_selection": "random"}'
+    python benchmarks/accuracy.py --tissues cbmc pbmc68k --seeds 0 --baselines logreg --no-default
+
+Every method trains on the same training cells and is scored on the same test cells. A tissue split by
+fraction (pbmc68k, CBMC, FACS-sorted PBMC) is re-drawn per seed (stratified, the configured test fraction);
+file and column splits (pancreas Wang -> Xin, Kang's held-out donor) are fixed, so there only the training
+randomness varies. Pretraining is the workflow's (``results/pretrain/model``, built first with snakemake if
+missing); it saw the expression, never the labels, of cells that a re-drawn split puts into test.
+
+A Celler variant is the configured ``finetune:`` section with a JSON object of overrides. Each run writes its
+predictions and wall time under ``results/accuracy/`` and is reused when its settings are unchanged, so a
+table can grow run by run. Runs go two at a time, one thread each (a tiny model gains little from a second
+thread). The table: macro-F1 and rare-class recall (classes under ``evaluate.rare_fraction`` of the training
+cells), mean ± std over seeds, each method's macro-F1 gap to the best baseline, and the wall time per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from _common import append_results
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "results/accuracy"
+
+
+def split_cells(cells: pd.DataFrame, split: dict, seed: int) -> tuple[pd.Index, pd.Index]:
+    """(train, test) cell names of one tissue for one seed: a fraction split re-drawn, others as stored."""
+    from sklearn.model_selection import train_test_split
+
+    labelled = cells[cells["label"].notna()]
+    if split.get("by") != "fraction":
+        s = labelled["split"].astype(str)
+        return labelled.index[s.eq("train")], labelled.index[s.eq("test")]
+    counts = labelled["label"].value_counts()
+    solo = labelled.index[labelled["label"].map(counts).lt(2).to_numpy()]  # cannot be stratified: train
+    rest = labelled.drop(solo)
+    train, test = train_test_split(rest.index, test_size=float(split.get("test_fraction", 0.3)),
+                                   stratify=rest["label"], random_state=seed)
+    return pd.Index(train).append(solo), pd.Index(test)
+
+
+def run_key(method: str, settings: dict, train: pd.Index) -> str:
+    blob = json.dumps({"method": method, "settings": settings,
+                       "train": hashlib.sha1("\n".join(sorted(train)).encode()).hexdigest()}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def run_one(job: dict) -> dict:
+    """One (tissue, method, seed) run in a worker process: predictions on the test cells, and the wall time."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(job["out"])
+    done = out.with_suffix(".json")
+    if done.exists() and json.loads(done.read_text()).get("key") == job["key"] and out.exists():
+        return json.loads(done.read_text())
+    train, test = pd.Index(job["train"]), pd.Index(job["test"])
+    start = time.perf_counter()
+    if job["method"].startswith("celler"):
+        pred = _celler(job, train, test)
+    else:
+        pred = _baseline(job, train, test)
+    wall = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pred.to_csv(out, sep="\t", index=False)
+    info = {"key": job["key"], "wall_s": wall}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def _celler(job, train, test) -> pd.DataFrame:
+    import tempfile
+    from dataclasses import replace
+
+    from celler.finetune import finetune, predictions_table
+    from celler.stages import finetune_config
+    from celler.tokens import TokenStore
+
+    cfg, scgpt_dir = finetune_config(job["settings"])
+    cfg = replace(cfg, seed=job["seed"])
+    pretrained = scgpt_dir or (None if cfg.init == "scratch" else str(REPO / "results/pretrain/model"))
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, _ = finetune(job["store"], Path(tmp) / "model", cfg, pretrained=pretrained, train_cells=train)
+    store = TokenStore(job["store"])
+    idx = np.flatnonzero(store.cells.index.isin(test))
+    pred, _ = predictions_table(model, store, idx, cfg)
+    return pred.assign(split="test")
+
+
+def _baseline(job, train, test) -> pd.DataFrame:
+    import anndata as ad
+
+    from celler.baselines import run_baseline
+
+    adata = ad.read_h5ad(job["expr"])
+    adata = adata[adata.obs_names.isin(train.append(test))].copy()
+    adata.obs["celler_split"] = np.where(adata.obs_names.isin(test), "test", "train")
+    return run_baseline(job["method"], adata, seed=job["seed"])
+
+
+def prepare(config: dict, tissues: list[str], cores: int) -> None:
+    """Token stores, expression matrices and the pretrained model, by the workflow (reused when present)."""
+    targets = [f"results/{t}/{f}" for t in tissues for f in ("tokens", "expr.h5ad")] + ["results/pretrain/model"]
+    subprocess.run(["snakemake", "-c", str(cores), *targets], cwd=REPO, check=True)
+
+
+def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines) -> list[dict]:
+    from celler.tokens import TokenStore
+
+    jobs = []
+    for tissue in tissues:
+        store = REPO / f"results/{tissue}/tokens"
+        cells = TokenStore(store).cells
+        for seed in seeds:
+            train, test = split_cells(cells, config["tissues"][tissue].get("split", {}), seed)
+            methods = {f"celler_{name}" if name != "default" else "celler": s for name, s in variants.items()}
+            methods |= {b: {} for b in baselines}
+            for method, settings in methods.items():
+                jobs.append({"tissue": tissue, "method": method, "seed": seed, "settings": settings,
+                             "store": str(store), "expr": str(REPO / f"results/{tissue}/expr.h5ad"),
+                             "train": list(train), "test": list(test), "key": run_key(method, settings, train),
+                             "out": str(OUT / tissue / method / f"seed{seed}.tsv")})
+    return jobs
+
+
+def score(jobs: list[dict], infos: list[dict], rare_fraction: float) -> pd.DataFrame:
+    from celler.metrics import evaluate
+    from celler.tokens import TokenStore
+
+    rows = []
+    for job, info in zip(jobs, infos, strict=True):
+        cells = TokenStore(job["store"]).cells
+        train = cells.loc[pd.Index(job["train"])]
+        pred = pd.read_csv(job["out"], sep="\t", dtype={"true": str, "predicted": str})
+        for level in pred["level"].unique():
+            col = "label" if level == "subclass" else "parent"
+            counts = train[col].dropna().astype(str).value_counts()
+            res = evaluate(pred, counts, rare_fraction=rare_fraction, level=level)
+            rows.append({"tissue": job["tissue"], "level": level, "method": job["method"], "seed": job["seed"],
+                         "macro_f1": res["macro_f1"], "rare_recall": res["rare_recall"], "wall_s": info["wall_s"]})
+    return pd.DataFrame(rows)
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark and method: mean ± std, and the macro-F1 gap to the best baseline (by mean)."""
+    g = runs.groupby(["tissue", "level", "method"])
+    table = g.agg(f1=("macro_f1", "mean"), f1_sd=("macro_f1", "std"), rare=("rare_recall", "mean"),
+                  rare_sd=("rare_recall", "std"), wall=("wall_s", "mean"), seeds=("seed", "nunique")).reset_index()
+    base = table[~table["method"].str.startswith("celler")]
+    best = base.loc[base.groupby(["tissue", "level"])["f1"].idxmax()].set_index(["tissue", "level"])
+    key = list(zip(table["tissue"], table["level"], strict=True))
+    table["best_baseline"] = [best["method"].get(k, "") for k in key]
+    table["gap"] = table["f1"] - [best["f1"].get(k, np.nan) for k in key]
+    return table
+
+
+def markdown(table: pd.DataFrame) -> str:
+    def pm(m, s):
+        return "–" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(s) else f" ± {s:.3f}")
+
+    lines = ["| benchmark | method | macro-F1 | rare recall | gap to best baseline | s per run | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table.sort_values(["tissue", "level", "f1"], ascending=[True, True, False]).itertuples():
+        bench = r.tissue + ("" if r.level == "subclass" else f" ({r.level})")
+        gap = "–" if pd.isna(r.gap) else f"{r.gap:+.3f}"
+        lines.append(f"| {bench} | {r.method} | {pm(r.f1, r.f1_sd)} | {pm(r.rare, r.rare_sd)} | {gap} | "
+                     f"{r.wall:.0f} | {r.seeds} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tissues", nargs="*", help="default: every configured tissue")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="a Celler variant: finetune overrides as a JSON object (repeatable)")
+    ap.add_argument("--no-default", action="store_true", help="leave out the configured Celler")
+    ap.add_argument("--baselines", nargs="*", help="default: evaluate.baselines of config.yaml; none: no baseline")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--title", default="Accuracy benchmark")
+    args = ap.parse_args()
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    tissues = args.tissues or list(config["tissues"])
+    base = dict(config["finetune"])
+    variants = {} if args.no_default else {"default": base}
+    for v in args.variant:
+        name, _, overrides = v.partition("=")
+        variants[name] = base | json.loads(overrides)
+    baselines = list(config["evaluate"]["baselines"]) if args.baselines is None else args.baselines
+
+    prepare(config, tissues, args.workers)
+    jobs = plan(config, tissues, args.seeds, variants, baselines)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        infos = list(pool.map(run_one, jobs))
+    wall = time.perf_counter() - start
+    runs = score(jobs, infos, float(config["evaluate"].get("rare_fraction", 0.03)))
+    OUT.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(OUT / "runs.tsv", sep="\t", index=False)
+    table = summary(runs)
+    table.to_csv(OUT / "summary.tsv", sep="\t", index=False)
+    notes = (f"{len(jobs)} runs ({wall / 60:.1f} min wall, {args.workers} at a time, one thread each; runs reused "
+             "from earlier calls count their original time). Variants: "
+             + "; ".join(f"`{k}` = {json.dumps({x: y for x, y in v.items() if base.get(x) != y}) or 'config.yaml'}"
+                         for k, v in variants.items()))
+    append_results(args.title, markdown(table), notes)
+
+
+if __name__ == "__main__":
+    main()
