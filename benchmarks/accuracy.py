@@ -85,7 +85,8 @@ def _celler(job, train, test) -> pd.DataFrame:
     import tempfile
     from dataclasses import replace
 
-    from celler.finetune import finetune, predictions_table
+    from celler.classifier import predictions_table
+    from celler.finetune import finetune
     from celler.stages import finetune_config
     from celler.tokens import TokenStore
 

@@ -49,7 +49,8 @@ def build_query(out: Path, repeat: int) -> Path:
 
 def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> Path:
     """A randomly initialised classifier saved as a model directory (genes.json = the store's genes)."""
-    from celler.finetune import CellClassifier, FinetuneConfig, save_classifier
+    from celler.classifier import CellClassifier, save_classifier
+    from celler.finetune import FinetuneConfig
     from celler.model import Encoder, preset
     from celler.tokens import TokenStore
 
@@ -79,7 +80,7 @@ def main() -> None:
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
     from celler.annotate import annotate, load_model, predict, tokenize_query
-    from celler.finetune import pick_device
+    from celler.classifier import pick_device
 
     device = pick_device(args.device)
     presets = args.presets or (["scgpt-base"] if device.type == "cuda" else ["tiny", "small"])

@@ -31,7 +31,8 @@ from celler.annotate import (
 )
 from celler.calibration import DEFAULT_THRESHOLD, calibrate
 from celler.errors import CellerError
-from celler.finetune import CellClassifier, FinetuneConfig, save_classifier
+from celler.classifier import CellClassifier, save_classifier
+from celler.finetune import FinetuneConfig
 from celler.model import Encoder, preset
 from celler.tokens import TokenStore
 

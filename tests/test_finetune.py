@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from celler.errors import CellerError
-from celler.finetune import (FinetuneConfig, finetune, load_classifier, loss_candidates, predictions_table,
+from celler.classifier import load_classifier, predictions_table
+from celler.finetune import (FinetuneConfig, finetune, loss_candidates,
                              validation_split)
 from celler.longtail import induce_long_tail
 from celler.metrics import hierarchy_disagreement
@@ -136,3 +137,22 @@ def test_readout_errors_are_clear(pancreas_tokens, tmp_path):
     with pytest.raises(CellerError, match="freeze_encoder"):
         finetune(pancreas_tokens, tmp_path / "b", FinetuneConfig(**FAST, readout="cls+profile", freeze_encoder=True))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_view_dropout_hides_the_encoder_views_in_training_only():
+    from celler.classifier import CellClassifier
+    from celler.model import Encoder, ModelConfig
+
+    cfg = ModelConfig(vocab_size=40, n_bins=11, d_model=8, n_heads=2, d_ff=16, pad_id=38, cls_id=39)
+    model = CellClassifier(Encoder(cfg), {"subclass": ["a", "b"]}, readout="cls+mean+profile")
+    model.view_dropout = 1.0
+    genes = torch.tensor([[39, 3, 5], [39, 7, 38]])
+    values = torch.tensor([[0, 4, 9], [0, 2, 0]])
+    pad = genes == 38
+    profile = (torch.tensor([3, 5, 7]), torch.tensor([4, 9, 2]), torch.tensor([0, 2]))
+    model.train()
+    emb = model.embed(genes, values, pad, profile)
+    assert emb.shape == (2, 24)
+    assert (emb[:, :16] == 0).all() and (emb[:, 16:] != 0).any()  # cls and mean hidden, profile kept
+    model.eval()
+    assert (model.embed(genes, values, pad, profile)[:, :16] != 0).any()

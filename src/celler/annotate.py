@@ -72,7 +72,7 @@ class TrainedModel:
     calibration and the genes it was trained on."""
 
     path: Path
-    classifier: object  # celler.finetune.CellClassifier
+    classifier: object  # celler.classifier.CellClassifier
     labels: dict
     vocab: object  # celler.vocab.Vocab
     token_meta: dict
@@ -112,7 +112,7 @@ class TrainedModel:
 
 def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
     """Load a fine-tuned model directory (``results/<tissue>/model``) for annotation; clear errors if not."""
-    from celler.finetune import load_classifier
+    from celler.classifier import load_classifier
     from celler.vocab import Vocab
 
     d = Path(model_dir)
@@ -345,7 +345,7 @@ def annotate(
 
 def _device(name: str) -> torch.device:
     """The torch device for ``auto`` / ``cpu`` / ``cuda[:N]``; one-line error: no GPU, a bad name."""
-    from celler.finetune import pick_device
+    from celler.classifier import pick_device
 
     try:
         dev = pick_device(str(name))
@@ -521,7 +521,8 @@ def predict(model: TrainedModel, store, *, batch_size="auto", device=None, progr
     """Logits per level ``{level: (n, C)}`` and embeddings ``(n, d)`` of every cell of ``store``, in order."""
     from tqdm import tqdm
 
-    from celler.finetune import FinetuneConfig, predict_logits
+    from celler.classifier import predict_logits
+    from celler.finetune import FinetuneConfig
 
     device = device or next(model.classifier.parameters()).device
     bs = auto_batch_size(model, device) if batch_size == "auto" else int(batch_size)

@@ -92,7 +92,8 @@ def celler_run_stage(store_path, *, cfg, pretrained, seed: int, train_cells_path
 
     The run's model directory is temporary: runs exist to be compared, the tissue's model is the main rule's.
     """
-    from celler.finetune import finetune, predictions_table
+    from celler.classifier import predictions_table
+    from celler.finetune import finetune
     from celler.tokens import TokenStore
 
     cfg = replace(cfg, seed=seed)

@@ -130,7 +130,8 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     """Fine-tune on a tissue's training cells, predict its test cells, and score the predictions."""
     import numpy as np
 
-    from celler.finetune import finetune, predictions_table
+    from celler.classifier import predictions_table
+    from celler.finetune import finetune
     from celler.metrics import evaluate, scalar_row
     from celler.tokens import TokenStore
 

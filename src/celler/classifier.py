@@ -1,0 +1,251 @@
+"""The fine-tuned classifier: readouts, reading cells as it was trained, prediction, and its model directory.
+
+:class:`CellClassifier` is the pretrained encoder plus one head per label level, reading a cell embedding
+chosen by ``readout``; it carries the genes a cell is restricted to (``gene_selection: hvg``), so that every
+caller (evaluation, ``celler annotate``) reads a cell exactly as training did. Training lives in
+:mod:`celler.finetune`.
+
+Model directory (self-describing, written by :func:`save_classifier`, read by :func:`load_classifier`)::
+
+    model.pt       encoder + heads weights, ModelConfig, label levels, readout, selected genes, format, version
+    config.json    the FinetuneConfig, where the encoder came from, the chosen loss settings
+    labels.json    per level: classes (id order) and training counts; subclass -> parent map
+    calibration.json  per level: temperature and Unassigned threshold fitted on the validation cells
+    vocab.json     the vocabulary (extended datasets carry their extra genes)
+    genes.json     the genes the model was trained on (annotation maps a query onto these)
+    bin_edges.json the per-batch bin edges of the training data
+    token_meta.json  the token store's settings (bins, binning scheme, normalisation)
+    train_log.csv  per epoch: train loss, validation macro-F1 per level
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import nullcontext
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from celler import __version__
+from celler.batching import CellDataset, LengthBucketSampler, collate
+from celler.errors import CellerError
+from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder
+
+CLASSIFIER_FORMAT_VERSION = 1
+LEVELS = ("subclass", "parent")  # store.cells columns: 'label' and 'parent'
+LEVEL_COLUMN = {"subclass": "label", "parent": "parent"}
+
+
+READOUTS = ("cls", "mean", "profile")  # parts of ``readout``, joined with '+': e.g. 'cls+profile'
+
+
+class CellClassifier(nn.Module):
+    """Encoder + one ClassifierHead per label level; ``forward`` returns ``({level: logits (B, C)}, emb)``.
+
+    The cell embedding the heads read is ``readout``: ``cls`` (the encoder's output at ``<cls>``), ``mean``
+    (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene), or
+    several joined by '+' (concatenated). ``genes``: the token ids a cell is restricted to (highly variable
+    genes), or None; kept with the model so that annotation reads cells as training did.
+    """
+
+    def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = "cls", genes=None):
+        super().__init__()
+        parts = readout.split("+")
+        if not parts or any(p not in READOUTS for p in parts) or len(set(parts)) != len(parts):
+            msg = f"readout must be parts of {READOUTS} joined by '+' (e.g. cls+profile), got {readout!r}"
+            raise CellerError(msg)
+        self.encoder = encoder
+        self.readout, self.parts = readout, parts
+        self.selected_genes = None if genes is None else np.asarray(genes, np.int64)
+        self.levels = {k: list(v) for k, v in levels.items()}
+        self.profile = ProfileEncoder(encoder.config) if "profile" in parts else None
+        d_in = encoder.config.d_model * len(parts)
+        self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v), d_in) for k, v in levels.items()})
+        self.view_dropout = 0.0  # training only: share of cells whose encoder views are zeroed (set by finetune)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder.config.d_model * len(self.parts)
+
+    def embed(self, genes, values, padding_mask=None, profile=None):
+        """The readout vector (B, embedding_dim); ``profile`` = (genes, values, offsets) flat (collate)."""
+        views = []
+        if "cls" in self.parts or "mean" in self.parts:
+            hidden = self.encoder(genes, values, padding_mask)  # (B, L, d)
+            if "cls" in self.parts:
+                views.append(hidden[:, 0])
+            if "mean" in self.parts:
+                real = torch.ones_like(genes, dtype=hidden.dtype) if padding_mask is None else (~padding_mask).to(hidden.dtype)
+                real[:, 0] = 0  # not <cls>
+                views.append((hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1))
+        if views and self.training and self.view_dropout > 0 and "profile" in self.parts:
+            # whole-view dropout: some cells are seen through the profile alone, so that the head cannot lean
+            # on the encoder views (quick to fit on a few hundred cells) and leave the profile view unlearnt
+            keep = (torch.rand(len(views[0]), 1, device=views[0].device) >= self.view_dropout).to(views[0].dtype)
+            views = [v * keep for v in views]
+        if "profile" in self.parts:
+            views.append(self.profile(*profile).to(views[0].dtype if views else torch.float32))
+        return views[0] if len(views) == 1 else torch.cat(views, 1)
+
+    def forward(self, genes, values, padding_mask=None, profile=None, *, embedding=None):
+        emb = self.embed(genes, values, padding_mask, profile) if embedding is None else embedding
+        return {k: head(emb)[0] for k, head in self.heads.items()}, emb  # logits per level, (B, d)
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def loader(store, indices, cfg, model: CellClassifier, *, shuffle: bool, epoch: int = 0):
+    select = "top" if cfg.gene_selection == "hvg" else cfg.gene_selection
+    ds = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=0.0, seed=cfg.seed, select=select,
+                     genes=model.selected_genes, profile=model.profile is not None)
+    ds.set_epoch(epoch)
+    sampler = LengthBucketSampler(ds.lengths, cfg.batch_size, seed=cfg.seed, shuffle=shuffle)
+    sampler.set_epoch(epoch)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=partial(collate, pad_id=int(store.meta["pad_id"])))
+
+
+def batch_inputs(batch, device):
+    pad = batch["padding_mask"]
+    profile = (tuple(batch[k].to(device) for k in ("profile_genes", "profile_values", "profile_offsets"))
+               if "profile_genes" in batch else None)
+    return (batch["genes"].to(device), batch["values"].to(device), pad.to(device) if pad.any() else None, profile)
+
+
+@torch.no_grad()
+def predict_logits(model: CellClassifier, store, indices, cfg, *, embeddings=None):
+    """``({level: logits (n, C)}, embeddings (n, d))`` for store ``indices``, in that order."""
+    device = next(model.parameters()).device
+    model.eval()
+    if embeddings is not None:
+        logits, _ = model(None, None, embedding=torch.as_tensor(embeddings, device=device))
+        return {k: v.float().cpu() for k, v in logits.items()}, embeddings
+    position = {int(c): i for i, c in enumerate(indices)}
+    out = {k: torch.zeros(len(indices), len(v)) for k, v in model.levels.items()}
+    emb = np.zeros((len(indices), model.embedding_dim), np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
+    for batch in loader(store, indices, cfg, model, shuffle=False):
+        rows = [position[int(c)] for c in batch["index"]]
+        with autocast:
+            logits, e = model(*batch_inputs(batch, device))
+        for k, v in logits.items():
+            out[k][rows] = v.float().cpu()
+        emb[rows] = e.float().cpu().numpy()
+    return out, emb
+
+
+def highly_variable_tokens(store, cell_idx: np.ndarray, n: int) -> np.ndarray:
+    """Token ids of the ``n`` most variable genes over the cells ``cell_idx`` (scanpy's Seurat dispersion,
+    on the binned values scaled to a log-expression-like 0..5 range)."""
+    import anndata as ad
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    rows = [store[int(i)] for i in cell_idx]
+    genes = np.concatenate([g for g, _ in rows]).astype(np.int64)
+    tokens, cols = np.unique(genes, return_inverse=True)
+    if len(tokens) <= n:
+        return tokens
+    values = np.concatenate([b for _, b in rows]).astype(np.float32) * (5.0 / (store.n_bins - 1))
+    indptr = np.concatenate([[0], np.cumsum([len(g) for g, _ in rows])])
+    x = sp.csr_matrix((values, cols, indptr), shape=(len(rows), len(tokens)))
+    hvg = sc.pp.highly_variable_genes(ad.AnnData(x), n_top_genes=n, flavor="seurat", inplace=False)
+    return tokens[hvg["highly_variable"].to_numpy()]
+
+
+def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrained, log_rows,
+                    calibration: dict | None = None) -> None:
+    """Write the self-describing model directory (see the module docstring)."""
+    from celler.io import atomic_path
+
+    cells = store.cells
+    sub_to_parent = {}
+    if "parent" in model.levels:
+        pairs = cells.loc[cells["split"] == "train", ["label", "parent"]].dropna().astype(str).drop_duplicates()
+        sub_to_parent = pairs.groupby("label")["parent"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save({"format_version": CLASSIFIER_FORMAT_VERSION, "celler_version": __version__,
+                    "model_config": asdict(model.encoder.config), "levels": model.levels,
+                    "readout": model.readout, "selected_genes": None if model.selected_genes is None
+                    else model.selected_genes.tolist(),
+                    "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp / "model.pt")
+        (tmp / "labels.json").write_text(json.dumps({
+            "levels": model.levels, "class_counts": info["class_counts"], "subclass_to_parent": sub_to_parent},
+            indent=1))
+        (tmp / "config.json").write_text(json.dumps({
+            "celler_version": __version__, "finetune": asdict(cfg), "pretrained": str(pretrained) if pretrained else None,
+            "token_store": str(store.path), "chosen": {k: info[k] for k in ("loss", "loss_params", "val_macro_f1",
+                                                                           "n_train", "n_val")}}, indent=1,
+            default=str))
+        shutil.copy(store.path / "vocab.json", tmp / "vocab.json")
+        vocab = store.vocab()
+        (tmp / "genes.json").write_text(json.dumps([vocab.tokens[i] for i in store.distinct_tokens()]))
+        shutil.copy(store.path / "bin_edges.json", tmp / "bin_edges.json")
+        (tmp / "token_meta.json").write_text(json.dumps(store.meta, indent=1))
+        pd.DataFrame(log_rows).to_csv(tmp / "train_log.csv", index=False)
+        if calibration:
+            (tmp / "calibration.json").write_text(json.dumps(calibration, indent=1))
+
+
+def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, dict]:
+    """A fine-tuned classifier and its labels.json from a model directory; clear errors otherwise."""
+    from celler.io import read_json
+
+    d = Path(model_dir)
+    for name in ("model.pt", "labels.json", "vocab.json", "config.json"):
+        if not (d / name).exists():
+            msg = f"{d}: missing {name}; is this a Celler fine-tuned model directory (results/<tissue>/model)?"
+            raise CellerError(msg)
+    try:
+        blob = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        msg = (f"{d / 'model.pt'}: cannot be loaded ({type(e).__name__}); the file is damaged or not a "
+               "Celler model: copy it again or re-train")
+        raise CellerError(msg) from e
+    if not isinstance(blob, dict) or blob.get("format_version") != CLASSIFIER_FORMAT_VERSION:
+        blob = blob if isinstance(blob, dict) else {}
+        msg = (f"{d / 'model.pt'}: classifier format {blob.get('format_version')} (celler "
+               f"{blob.get('celler_version')}) is not readable by celler {__version__} (format "
+               f"{CLASSIFIER_FORMAT_VERSION}); re-train the model or install celler {blob.get('celler_version')}")
+        raise CellerError(msg)
+    try:
+        model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"],
+                               readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"))
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing entries, mismatched weights
+        msg = (f"{d / 'model.pt'}: incomplete or inconsistent model ({type(e).__name__}: "
+               f"{str(e).splitlines()[0][:120] if str(e) else ''}); copy it again or re-train")
+        raise CellerError(msg) from e
+    return model.to(device).eval(), read_json(d / "labels.json")
+
+
+def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.DataFrame, np.ndarray]:
+    """The common predictions layout (cell, split, level, true, predicted, confidence) and the embeddings."""
+    logits, emb = predict_logits(model, store, indices, cfg)
+    cells = store.cells.iloc[indices]
+    frames = []
+    for level, z in logits.items():
+        prob = torch.softmax(z, 1)
+        conf, pred = prob.max(1)
+        classes = np.asarray(model.levels[level], dtype=object)
+        frames.append(pd.DataFrame({
+            "cell": cells.index, "split": cells["split"].to_numpy(), "level": level,
+            "true": cells[LEVEL_COLUMN[level]].astype(str).to_numpy(), "predicted": classes[pred.numpy()],
+            "confidence": conf.numpy(),
+        }))
+    return pd.concat(frames, ignore_index=True), emb
+
+
+__all__ = [
+    "LEVELS", "LEVEL_COLUMN", "READOUTS", "CellClassifier", "batch_inputs", "highly_variable_tokens", "load_classifier",
+    "loader", "pick_device", "predict_logits", "predictions_table", "save_classifier",
+]
