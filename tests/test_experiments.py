@@ -62,7 +62,9 @@ def test_baseline_trains_on_listed_cells_only_and_scores(pbmc68k, tmp_path):
     runs = pd.DataFrame([{"method": "logreg", "imbalance": "ratio10", "seed": 0, "predictions": tmp_path / "pred.tsv",
                           "train_cells": tmp_path / "r.txt"}])
     metrics, per_class = evaluate_runs(runs, pbmc68k / "cells.tsv.gz")
-    assert metrics.loc[0, "macro_f1"] > 0.3
+    # measured 0.708 (logistic regression is deterministic; FACTS.md: 0.681 at natural imbalance, 3 seeds);
+    # predicting one class for every cell scores under 0.1
+    assert metrics.loc[0, "macro_f1"] > 0.6
     counts = train_counts(cells, read_cell_list(tmp_path / "r.txt"))["subclass"]
     assert per_class.set_index("class")["train_count"].reindex(counts.index).fillna(0).astype(int).equals(counts)
     assert per_class.loc[per_class.rare, "train_count"].max() < 0.03 * counts.sum()

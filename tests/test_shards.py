@@ -21,6 +21,7 @@ from celler.shards import ValueSample, merge_samples, plan_shards, tokenize_shar
 from celler.stages import map_stage, qc_stage, read_mapping, read_qc
 from celler.synth import make_synthetic
 from celler.tokens import ConcatStore, TokenStore, tokenize
+from conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = {"inputs": ["data/a.h5ad", "data/b.h5ad"], "batch": "batch", "qc": {"min_genes": 30, "min_cells": 3}}
@@ -151,7 +152,7 @@ def _snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
 def sharded_run(synth_dir, tmp_path_factory):
     """The workflow on the synthetic data as a sharded corpus: its shards' stores and its unsharded store."""
     if shutil.which("snakemake") is None:
-        pytest.skip("snakemake not installed")
+        skip_or_fail("snakemake not installed")
     wd = tmp_path_factory.mktemp("sharded_run")
     (wd / "resources").symlink_to(REPO / "resources")
     (wd / "data").symlink_to(synth_dir / "data")

@@ -1,5 +1,6 @@
 """The Snakemake workflow on the test config (real data), run in a scratch directory."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -7,11 +8,20 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import pytest
+import torch
 
+from celler.pretrain import PretrainConfig, pretrain
 from celler.tokens import TokenStore
+from conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not installed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def snakemake_installed():
+    """Before the module's workflow run: skip without Snakemake (a failure under CI=true)."""
+    if shutil.which("snakemake") is None:
+        skip_or_fail("snakemake not installed")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -95,6 +105,24 @@ def test_finetune_and_evaluation_outputs(tokenized):
     assert "pancreas" in table and "logreg" in table and "±" in table
 
 
+def test_annotate_rule_labels_the_queries(tokenized):
+    """The test config lists Xin as a pancreas query: the annotate rule labels every cell with the tissue's
+    model and leaves the query file as it was."""
+    out = tokenized / "results/annotate/pancreas"
+    query = ad.read_h5ad(REPO / "resources/data/pancreas_xin_scclassify.h5ad")
+    a = ad.read_h5ad(out / "pancreas_xin_scclassify.h5ad")
+    assert list(a.obs_names) == list(query.obs_names)  # every cell, in file order
+    assert "celler_label" not in query.obs  # the input is untouched
+    classes = json.loads((tokenized / "results/pancreas/model/labels.json").read_text())["levels"]["subclass"]
+    assert set(a.obs["celler_label"]) <= {*classes, "Unassigned"}
+    assert a.obs["celler_confidence"].between(0, 1).all()
+    table = pd.read_csv(out / "pancreas_xin_scclassify.csv", index_col=0)
+    assert table.loc[a.obs_names, "label"].astype(str).tolist() == a.obs["celler_label"].astype(str).tolist()
+    counts = pd.read_csv(out / "pancreas_xin_scclassify.labels.tsv", sep="\t")
+    assert counts["n_cells"].sum() == a.n_obs
+    assert (out / "pancreas_xin_scclassify.markers.png").stat().st_size > 5000
+
+
 def test_ablation_target(tokenized):
     proc = snakemake(tokenized, "ablation", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,3 +134,34 @@ def test_ablation_target(tokenized):
     assert set(paired["loss"]) == {"ginf_hdm"} and set(paired["reference"]) == {"ce"}
     runs = pd.read_csv(tokenized / "results/ablation/pbmc68k/metrics.tsv", sep="\t")
     assert {"celler_ce", "logreg"} <= set(runs.method) and set(runs.imbalance) == {"natural", "ratio10"}
+
+
+def test_snakemake_report(tokenized):
+    """`snakemake --report report.html` (README: after a run) bundles the run's captioned outputs."""
+    proc = snakemake(tokenized, "--report", "report.html", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tokenized / "report.html").read_text()
+    for category in ("3. Celler", "5. Annotation"):  # rule outputs marked report(...) with these categories
+        assert category in html, category
+    assert "pancreas_xin_scclassify.markers.png" in html
+
+
+def test_pretrain_rule_resumes_from_its_work_folder(tokenized, monkeypatch):
+    """A pre-empted pretraining job leaves its checkpoint in results/pretrain/work-<key>; the next run of the
+    rule resumes from it. The kill is the same training (the rule's stores and settings, read from the
+    finished run's checkpoint) stopped after 10 of its 30 steps in that folder. Runs last: it re-makes
+    results/pretrain/model."""
+    wd = tokenized
+    (work,) = (wd / "results/pretrain").glob("work-*")
+    ck = torch.load(work / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 30  # the finished run's last checkpoint
+    shutil.rmtree(work)
+    monkeypatch.chdir(wd)  # the rule passes the store paths relative to the working directory
+    killed = pretrain(ck["stores"], work.relative_to(wd), PretrainConfig(**ck["config"]),
+                      on_step=lambda step, loss: step == 10)
+    assert killed.interrupted and killed.step == 10
+    proc = snakemake(wd, "results/pretrain/model", "--forcerun", "pretrain", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "from step 10" in (wd / "logs/pretrain/pretrain.log").read_text()  # not "from step 0"
+    log = pd.read_csv(wd / "results/pretrain/model/train_log.csv")
+    assert list(log["step"]) == list(range(1, 31))

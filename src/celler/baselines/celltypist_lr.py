@@ -3,10 +3,9 @@
 Two methods share the trained model:
 
 * :func:`fit_predict` - best match: each cell gets the class with the largest decision score.
-* :func:`fit_predict_majority` - best match refined by majority voting inside over-clusters of the test
-  cells, as ``celltypist.annotate(..., majority_voting=True)`` does. The over-clustering is computed
-  here with CellTypist's recipe (see :func:`over_cluster`), capped for small data and seeded, then handed
-  to ``annotate``; so it works offline, on small data, reproducibly, and without numba compilation.
+* :func:`fit_predict_majority` - CellTypist's own majority voting, ``celltypist.annotate(...,
+  majority_voting=True)``: best match refined by the majority inside Leiden over-clusters of the test cells
+  that CellTypist computes itself (needs ``leidenalg`` and ``igraph``, in the ``baselines`` extra).
 
 Input contract: ``X`` is log1p of counts normalised to 10,000 per cell (max <= 9.22), which is what
 CellTypist expects. ``celltypist.train``'s own check (the first cell's expm1 sums to exactly 10,000) is
@@ -109,81 +108,35 @@ def celltypist_resolution(n_cells: int) -> int:
     return next((r for n, r in steps if n_cells < n), 30)
 
 
-def over_cluster(test: ad.AnnData, *, seed: int = 0, resolution: float | None = None) -> np.ndarray:
-    """Leiden over-clustering of log1p-normalised cells, following CellTypist's recipe.
-
-    HVGs (top 2,500, only when there are more genes), scaling clipped at 10, PCA-50, a symmetrised
-    10-nearest-neighbour graph and Leiden (igraph, 2 iterations) at CellTypist's size-based resolution.
-    Component and neighbour counts are capped by the data size, and the graph is built with scikit-learn
-    (unweighted kNN instead of scanpy's UMAP weights, which need a long numba compilation on first use).
-    """
-    import scanpy as sc
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import kneighbors_graph
-    from sklearn.preprocessing import StandardScaler
-
-    a = ad.AnnData(X=test.X.copy(), obs=pd.DataFrame(index=test.obs_names.copy()), var=test.var[[]].copy())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if a.n_vars > 2500:
-            sc.pp.filter_genes(a, min_cells=5)
-            sc.pp.highly_variable_genes(a, n_top_genes=2500, subset=True)
-        x = np.clip(StandardScaler().fit_transform(dense(a.X)), -10, 10)
-        n_comps = max(1, min(50, a.n_obs - 1, a.n_vars - 1))
-        pcs = PCA(n_components=n_comps, random_state=seed).fit_transform(x)
-        knn = kneighbors_graph(pcs, n_neighbors=max(1, min(10, a.n_obs - 1)), include_self=False)
-        adjacency = knn.maximum(knn.T).tocsr()
-        if resolution is None:
-            resolution = celltypist_resolution(a.n_obs)
-        sc.tl.leiden(
-            a,
-            resolution=resolution,
-            adjacency=adjacency,
-            flavor="igraph",
-            n_iterations=2,
-            random_state=seed,
-            directed=False,
-        )
-    return a.obs["leiden"].astype(str).to_numpy()
-
-
 def fit_predict_majority(
     train: ad.AnnData,
     test: ad.AnnData,
     *,
     label_key: str = "celler_label",
     seed: int = 0,
-    resolution: float | None = None,
     min_prop: float = 0.0,
     C: float = 1.0,  # noqa: N803
     max_iter: int | None = None,
     n_jobs: int | None = None,
 ) -> pd.DataFrame:
-    """CellTypist with majority voting over Leiden over-clusters of the test cells.
+    """CellTypist with its own majority voting: ``celltypist.annotate(..., majority_voting=True)``.
 
-    With 50 test cells or fewer CellTypist itself skips the vote; the best-match labels are returned then.
-    ``confidence`` is CellTypist's probability of the voted class for that cell.
+    CellTypist over-clusters the test cells itself (HVGs, scaling, PCA-50, scanpy's 10-neighbour graph,
+    Leiden at its size-based resolution, all with scanpy's fixed random states) and gives each cluster its
+    most frequent best-match label; ``seed`` seeds the training only. With 50 test cells or fewer CellTypist
+    skips the vote and the best-match labels are returned. ``confidence`` is CellTypist's probability of the
+    voted class for that cell (NaN for ``Heterogeneous``, below ``min_prop``).
     """
     import celltypist
 
     train, test = align_genes(train, test)
     with _quiet():
         model = _train(train, label_key, seed, C=C, max_iter=max_iter, n_jobs=n_jobs)
-        query = _query(test)
-        if query.n_obs <= 50:
-            res = celltypist.annotate(query, model=model, mode="best match")
-            pred = res.predicted_labels["predicted_labels"].astype(str).to_numpy()
-        else:
-            clusters = over_cluster(test, seed=seed, resolution=resolution)
-            res = celltypist.annotate(
-                query,
-                model=model,
-                mode="best match",
-                majority_voting=True,
-                over_clustering=clusters,
-                min_prop=min_prop,
-            )
-            pred = res.predicted_labels["majority_voting"].astype(str).to_numpy()
+        res = celltypist.annotate(_query(test), model=model, mode="best match", majority_voting=True,
+                                  min_prop=min_prop)
+    labels = res.predicted_labels
+    column = "majority_voting" if "majority_voting" in labels else "predicted_labels"  # no vote: <= 50 cells
+    pred = labels[column].astype(str).to_numpy()
     prob = res.probability_matrix
     col = prob.columns.get_indexer(pred)  # -1 for 'Heterogeneous' (min_prop > 0)
     p = prob.to_numpy()
