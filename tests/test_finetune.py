@@ -88,7 +88,7 @@ def test_auto_grid_candidates_and_choice(pancreas_tokens, tmp_path):
 
 
 def test_frozen_encoder_trains_heads_only(pancreas_tokens, tmp_path):
-    cfg = FinetuneConfig(**FAST, freeze_encoder=True, two_stage=True, two_stage_confidence=0.0)
+    cfg = FinetuneConfig(**FAST, freeze_encoder=True, two_stage=True, two_stage_confidence=0.0, readout="cls")
     torch.manual_seed(cfg.seed)
     model, _, _ = finetune(pancreas_tokens, tmp_path / "m", cfg)
     from celler.finetune import build_encoder
@@ -106,9 +106,14 @@ def test_finetune_learns_pancreas_better_than_chance(pancreas_tokens, tmp_path):
     model, levels, info = finetune(pancreas_tokens, tmp_path / "m", cfg)
     log = pd.read_csv(tmp_path / "m/train_log.csv")
     assert log["train_loss"].iloc[-1] < 0.8 * log["train_loss"].iloc[0]  # it learns
-    # from scratch, 8 short epochs: well above chance (7 classes, ~0.14); the accuracy floor on real
-    # data with a longer run is in test_annotate.py
-    assert info["val_macro_f1"] > 0.2
+    # from scratch, 8 short epochs, the default readout, scored on the other study (Xin): near the linear
+    # baselines (0.97-0.99 macro-F1 on these cells), far above chance (4 test classes: ~0.25)
+    from celler.metrics import evaluate
+
+    store = TokenStore(pancreas_tokens)
+    pred, _ = predictions_table(model, store, np.flatnonzero(store.cells.split == "test"), cfg)
+    f1 = evaluate(pred, pd.Series(info["class_counts"]["subclass"], index=levels["subclass"]))["macro_f1"]
+    assert f1 > 0.85, f1
 
 
 def test_profile_readout_and_hvg_genes_travel_with_the_model(facs_tokens, tmp_path):

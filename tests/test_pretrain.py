@@ -148,7 +148,7 @@ def test_finetuning_starts_from_the_pretrained_encoder(pbmc3k_tokens, pancreas_t
     fine-tuned on pancreas; both stores use the bundled vocabulary and 51 bins)."""
     pretrain([pbmc3k_tokens], tmp_path / "pre", QUICK.with_overrides(["max_steps=3"]))
     saved = torch.load(tmp_path / "pre" / "model.pt", weights_only=True)["encoder"]
-    cfg = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, seed=0, device="cpu")
+    cfg = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, seed=0, device="cpu", readout="cls")
     start = build_encoder(cfg, TokenStore(pancreas_tokens), tmp_path / "pre").state_dict()
     assert start.keys() == saved.keys()
     for k, v in saved.items():

@@ -47,8 +47,8 @@ class FinetuneConfig:
     gene_selection: str = "top"  # top (highest-expressed), hvg (the tissue's highly variable genes, then top),
     #                              random (a new random subset each epoch), all (no cap)
     n_hvg: int = 2000  # gene_selection 'hvg': how many highly variable genes of the training cells
-    readout: str = "cls"  # what the heads read: cls, mean, profile (every expressed gene), joined by '+'
-    view_dropout: float = 0.0  # with a profile readout: share of training cells seen through the profile alone
+    readout: str = "profile"  # what the heads read: cls, mean, profile (every expressed gene), joined by '+'
+    view_dropout: float = 0.5  # with cls+profile: share of training cells seen through the profile alone
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate (heads and the profile view)
     encoder_lr_scale: float = 1.0  # the encoder learns at this multiple of lr (< 1: adapt a pretrained one gently)
