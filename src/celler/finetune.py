@@ -190,7 +190,7 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
                              **{f"val_macro_f1_{k}": v for k, v in f1.items()}})
         log.info("%s epoch %d: loss %.4f, val macro-F1 %s", stage, epoch, total / max(n, 1),
                  {k: round(v, 4) for k, v in f1.items()})
-        if f1["subclass"] > best[0]:
+        if f1["subclass"] >= best[0]:  # a tie keeps the later, longer-trained epoch
             best, since_best = (f1["subclass"], copy.deepcopy(model.state_dict())), 0
         else:
             since_best += 1
