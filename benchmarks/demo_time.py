@@ -107,8 +107,9 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     table = "| step | command | wall time | result |\n|---|---|---|---|\n" + "\n".join(rows)
     notes = (f"Fresh clone of {args.source} at {commit}; nproc {os.cpu_count()}; 1-minute load average "
-             f"{load_before:.1f} before, {load_after:.1f} after (above the core count: other work shared "
-             "the cores).")
+             f"{load_before:.1f} before, {load_after:.1f} after"
+             + (" (above the core count: other work shared the cores)." if max(load_before, load_after)
+                > (os.cpu_count() or 1) else " (at most the core count: nothing else competed for long)."))
     append_results("README commands from a fresh clone (benchmarks/demo_time.py)", table, notes)
     if args.keep:
         print(f"demo_time: clone kept in {clone}")
