@@ -35,12 +35,25 @@ def fails(argv, root, capfd) -> str:
         main([str(a) for a in argv])
     err = capfd.readouterr().err
     assert exit_.value.code == 1, err
-    errors = [line for line in err.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, err
-    assert errors[0].startswith("celler: error: "), err
-    assert "Traceback" not in err
+    return one_error_line(err, root, before)
+
+
+def one_error_line(text: str, root, before: dict) -> str:
+    """The bad-input contract on a failed run's output: exactly one ``celler: error:`` line, no traceback, and
+    nothing under ``root`` created, changed or removed since ``before`` (a :func:`tree`). Returns the line."""
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, text
+    assert errors[0].startswith("celler: error: "), text
+    assert "Traceback" not in text
     assert tree(root) == before, "files were created, changed or removed"
     return errors[0]
+
+
+def set_x(value):
+    """An AnnData edit for the bad-input tests: ``X`` becomes ``value(adata)``."""
+    def edit(a):
+        a.X = value(a)
+    return edit
 
 
 def skip_or_fail(reason: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import fails
+from conftest import fails, set_x
 
 from celler.cli import main
 
@@ -47,12 +47,6 @@ def annotate_fails(tmp_path, capfd, monkeypatch, pancreas_model):
 # ------------------------------------------------------------------------------------------------ the query
 
 
-def _x(value):
-    def edit(a):
-        a.X = value(a)
-    return edit
-
-
 def _entry(value):
     def edit(a):
         x = a.X.toarray() if sp.issparse(a.X) else np.array(a.X)
@@ -71,15 +65,15 @@ def _empty_name(a):
 
 @pytest.mark.parametrize(("edit", "extra", "words"), [
     (lambda a: a[:0].copy(), [], "q.h5ad: matrix X has no cells"),
-    (_x(lambda a: sp.csr_matrix(a.shape, dtype=np.float32)), [], "q.h5ad: the expression matrix is all zero"),
+    (set_x(lambda a: sp.csr_matrix(a.shape, dtype=np.float32)), [], "q.h5ad: the expression matrix is all zero"),
     (_genes, [], "q.h5ad: no gene of the query is one of the model's"),
     (_entry(np.nan), [], "q.h5ad: expression matrix has NaN/inf values"),
     (_entry(-2.0), [], "q.h5ad: expression matrix has negative values"),
-    (_x(lambda a: np.asarray(a.X.todense() if sp.issparse(a.X) else a.X).astype(np.complex64)), [],
+    (set_x(lambda a: np.asarray(a.X.todense() if sp.issparse(a.X) else a.X).astype(np.complex64)), [],
      "q.h5ad: matrix X holds complex values"),
-    (_x(lambda a: np.asarray(a.X.todense() if sp.issparse(a.X) else a.X) > 0), [],
+    (set_x(lambda a: np.asarray(a.X.todense() if sp.issparse(a.X) else a.X) > 0), [],
      "q.h5ad: matrix X holds boolean values"),
-    (_x(lambda a: None), [], "q.h5ad: the file has no expression matrix X"),
+    (set_x(lambda a: None), [], "q.h5ad: the file has no expression matrix X"),
     (_empty_name, [], "q.h5ad: gene 0 of var has an empty name"),
     (None, ["--batch-key", "donor"], "q.h5ad: batch column 'donor' not found in obs"),
     (None, ["--matrix", "raw"], "q.h5ad: matrix 'raw' requested but the file has no .raw"),

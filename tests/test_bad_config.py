@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail, tree
+from conftest import one_error_line, skip_or_fail, tree
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = (REPO / ".test/config.yaml").read_text()
@@ -41,12 +41,7 @@ def _fails(workdir: Path, *args) -> str:
     proc = _dry_run(workdir, *args)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text
-    errors = [line for line in text.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, text
-    assert errors[0].startswith("celler: error: "), text
-    assert "Traceback" not in text
-    assert tree(workdir) == before, "a failed dry run must not create or change files"
-    return errors[0]
+    return one_error_line(text, workdir, before)
 
 
 def test_good_config_dry_run_succeeds(tmp_path):

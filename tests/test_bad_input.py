@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import fails, tree
+from conftest import fails, set_x, tree
 
 from celler.cli import main
 from celler.io import OUTPUT_MARKER
@@ -158,12 +158,6 @@ def _as(dtype):
     return edit
 
 
-def _x(value):
-    def edit(a):
-        a.X = value(a)
-    return edit
-
-
 def _names(first):
     def edit(a):
         a.var_names = [first, *a.var_names[1:]]
@@ -188,13 +182,13 @@ def _unknown_genes(a):
     (_dense(np.nan), [], "expression matrix has NaN/inf values"),
     (_dense(np.inf), [], "expression matrix has NaN/inf values"),
     (_dense(-1.0), [], "expression matrix has negative values"),
-    (_x(lambda a: np.full(a.shape, 3e38, np.float32)), [], "values too large (max 3e+38)"),
+    (set_x(lambda a: np.full(a.shape, 3e38, np.float32)), [], "values too large (max 3e+38)"),
     (_as(bool), [], "matrix X holds boolean values"),
     (_as(np.complex64), [], "matrix X holds complex values"),
     (lambda a: a[:0].copy(), [], "matrix X has no cells"),
     (lambda a: a[:, :0].copy(), [], "matrix X has no genes"),
-    (_x(lambda a: sp.csr_matrix(a.shape, dtype=np.float32)), [], "the expression matrix (X) is all zeros"),
-    (_x(lambda a: None), [], "the file has no expression matrix X"),
+    (set_x(lambda a: sp.csr_matrix(a.shape, dtype=np.float32)), [], "the expression matrix (X) is all zeros"),
+    (set_x(lambda a: None), [], "the file has no expression matrix X"),
     (_names(""), [], "gene 0 of var has an empty name"),
     (_names("  "), [], "gene 0 of var has an empty name"),
     (_obs("celltype", ""), ["--label", "celltype"], "obs column 'celltype' (config key 'label') is empty"),
