@@ -328,3 +328,11 @@ def test_slow_encoder_learns_at_a_fraction_of_the_rate():
         in_encoder = {id(p) in enc for p in g["params"]}
         assert len(in_encoder) == 1  # a group is all encoder or all head
         assert g["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)
+
+
+def test_profile_only_items_carry_no_tokens(pbmc3k_tokens):
+    store = TokenStore(pbmc3k_tokens)
+    ds = CellDataset(store, max_len=64, mask_ratio=0.0, select="top", profile=True, tokens=False)
+    item = ds[0]
+    assert item["genes"].tolist() == [store.meta["cls_id"]]
+    np.testing.assert_array_equal(item["profile_genes"], store[0][0])  # the profile is whole

@@ -6,7 +6,8 @@ bins; ties broken by a fixed per-gene priority, so a cell always reads the same 
 the model and the cell only), ``random`` draws a random subset anew each epoch (pretraining's augmentation),
 ``all`` keeps every gene. ``genes`` (sorted token ids, e.g. a tissue's highly variable genes) first restricts
 a cell to those genes. With ``profile=True`` an item also carries the cell's whole (filtered) expression
-profile, uncut, for a readout that sees every gene (:class:`celler.model.ProfileEncoder`). For pretraining,
+profile, uncut, for a readout that sees every gene (:class:`celler.model.ProfileEncoder`); ``tokens=False``
+leaves the token sequence at ``<cls>`` alone, for a readout that reads the profile only. For pretraining,
 ``mask_ratio`` of the gene values are hidden: each becomes the ``<mask>`` value id (``n_bins``, the extra
 row of the value embedding) and its bin becomes the target; every other position has target -100.
 ``<cls>`` and ``<pad>`` are never masked and a cell with genes always has at least one masked value.
@@ -52,7 +53,8 @@ class CellDataset(Dataset):
     """Cells ``indices`` of ``store`` (a TokenStore or ConcatStore) as model inputs (see the module doc)."""
 
     def __init__(self, store, indices=None, *, max_len: int = 1200, mask_ratio: float = 0.15, seed: int = 0,
-                 select: str = "random", genes: np.ndarray | None = None, profile: bool = False):
+                 select: str = "random", genes: np.ndarray | None = None, profile: bool = False,
+                 tokens: bool = True):
         if max_len < 2:
             msg = f"max_len must be >= 2 (<cls> plus at least one gene), got {max_len}"
             raise CellerError(msg)
@@ -70,6 +72,7 @@ class CellDataset(Dataset):
         self.select = select
         self.genes = None if genes is None else np.unique(np.asarray(genes, np.int64))
         self.profile = profile
+        self.tokens = tokens  # False: the item's token sequence is <cls> alone (a readout that reads no tokens)
         self.cls_id = int(store.meta["cls_id"])
         self.pad_id = int(store.meta["pad_id"])
         self.mask_id = int(store.n_bins)
@@ -97,6 +100,8 @@ class CellDataset(Dataset):
             genes, bins = genes[keep], bins[keep]
         profile = {"profile_genes": genes.astype(np.int64), "profile_values": bins.astype(np.int64)} \
             if self.profile else {}
+        if not self.tokens:
+            genes, bins = genes[:0], bins[:0]
         rng = np.random.default_rng((self.seed, self.epoch, idx))
         n = len(genes)
         if n > self.max_len - 1 and self.select != "all":  # a subset of the genes, kept in store order

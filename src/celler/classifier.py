@@ -106,7 +106,8 @@ def pick_device(name: str) -> torch.device:
 def loader(store, indices, cfg, model: CellClassifier, *, shuffle: bool, epoch: int = 0):
     select = "top" if cfg.gene_selection == "hvg" else cfg.gene_selection
     ds = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=0.0, seed=cfg.seed, select=select,
-                     genes=model.selected_genes, profile=model.profile is not None)
+                     genes=model.selected_genes, profile=model.profile is not None,
+                     tokens=model.parts != ["profile"])  # a profile-only readout never runs the encoder
     ds.set_epoch(epoch)
     sampler = LengthBucketSampler(ds.lengths, cfg.batch_size, seed=cfg.seed, shuffle=shuffle)
     sampler.set_epoch(epoch)
