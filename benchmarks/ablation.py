@@ -23,6 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from _common import append_results
@@ -39,6 +40,41 @@ def subset_config(config: dict) -> dict:
     ab["induced"] = {"cbmc": [100], "pbmc68k": [100]}
     ab["baseline_induced"] = {}
     return config | {"ablation": ab}
+
+
+def loss_targets(files: dict[str, str], reference: str = "balanced_softmax") -> pd.DataFrame:
+    """Per Celler loss, the issue-14 targets: paired differences (same seed, same cells) from CE and from
+    ``reference`` over the benchmark levels, CBMC ratio 100, the worst level, and the run time over CE's."""
+    runs = pd.concat([pd.read_csv(f, sep="\t").assign(tissue=t) for t, f in files.items()])
+    runs = runs[runs["method"].str.startswith("celler_")].copy()
+    runs["loss"] = runs["method"].str.removeprefix("celler_")
+    runs["bench"] = runs["tissue"] + "/" + runs["imbalance"] + "/" + runs["level"]
+    wide = runs.pivot_table(index=["bench", "seed"], columns="loss", values=["macro_f1", "rare_recall"])
+    times = {}
+    for f in (REPO / "results/benchmarks/celler_run").glob("*.tsv"):
+        tissue, imbalance, rest = f.stem.split("-", 2)
+        variant, seed = rest.rsplit("-", 1)
+        if tissue in files:
+            times[(variant, tissue, imbalance, int(seed))] = float(pd.read_csv(f, sep="\t")["s"].iloc[0])
+    time = pd.Series(times).groupby(level=0).mean()
+    f1, rare = wide["macro_f1"], wide["rare_recall"]
+    rows = []
+    for loss in f1.columns:
+        vs_ce = (f1[loss] - f1["ce"]).groupby("bench").mean()
+        vs_ref = (f1[loss] - f1[reference]).groupby("bench").mean()
+        rare_ce = (rare[loss] - rare["ce"]).groupby("bench").mean()
+        c100 = "cbmc/ratio100/subclass"
+        rows.append({"loss": loss, "levels": len(vs_ce), "dF1_vs_ce_mean": vs_ce.mean(),
+                     f"dF1_vs_{reference}_mean": vs_ref.mean(), "cbmc100_dF1_vs_ce": vs_ce.get(c100),
+                     "cbmc100_dRare_vs_ce": rare_ce.get(c100), f"cbmc100_dF1_vs_{reference}": vs_ref.get(c100),
+                     "worst_dF1_vs_ce": vs_ce.min(), "worst_level": vs_ce.idxmin(),
+                     "time_vs_ce": time.get(loss, np.nan) / time.get("ce", np.nan)})
+    table = pd.DataFrame(rows).set_index("loss")
+    table["targets_met"] = ((table[f"dF1_vs_{reference}_mean"] >= 0).astype(int)
+                            + (table[f"cbmc100_dF1_vs_{reference}"] >= 0) + (table["cbmc100_dF1_vs_ce"] >= 0.02)
+                            + (table["cbmc100_dRare_vs_ce"] >= 0.10) + (table["worst_dF1_vs_ce"] >= -0.01)
+                            + (table["time_vs_ce"] <= 1.5))
+    return table.sort_values(f"dF1_vs_{reference}_mean", ascending=False)
 
 
 def main() -> None:
@@ -77,6 +113,11 @@ def main() -> None:
              f"reused, so only the missing ones are timed): {timed}; {args.cores} cores.")
     tables = out.with_suffix(".md").read_text() + "\nPaired differences from CE (same seed, same cells):\n\n"
     tables += paired.with_suffix(".md").read_text()
+    targets = loss_targets(files)
+    tables += ("\nTargets (issue 14): paired mean differences over the levels; `targets_met` counts >= balanced "
+               "softmax on average and on CBMC ratio 100, >= CE + 0.02 F1 and + 0.10 rare recall on CBMC ratio "
+               "100, no level more than 0.01 below CE, run time <= 1.5x CE's (out of 6):\n\n"
+               + targets.to_markdown(floatfmt="+.3f"))
     append_results("Loss ablation (benchmarks/ablation.py)", tables, notes)
 
 

@@ -3,6 +3,12 @@
     python benchmarks/accuracy.py                          # config.yaml's Celler + the baselines, seeds 0-2
     python benchmarks/accuracy.py --variant cls='{"readout": "cls"}' --variant random='{"gene_selection": "random"}'
     python benchmarks/accuracy.py --tissues cbmc pbmc68k --seeds 0 --baselines logreg --no-default
+    python benchmarks/accuracy.py --label-fractions 0.01 0.1 1   # label efficiency
+
+``--label-fractions``: each method learns from a stratified share of the training labels (at least 3 cells
+per class, or all of a smaller class; the same cells for every method of a seed); the rest of the training
+cells stay in training without labels ('unlabelled': what ``logreg_pca`` fits its components on and what
+per-tissue pretraining may read); the test cells are the same at every fraction.
 
 Every method trains on the same training cells and is scored on the same test cells. A tissue split by
 fraction (pbmc68k, CBMC, FACS-sorted PBMC) is re-drawn per seed (stratified, the configured test fraction);
@@ -52,10 +58,34 @@ def split_cells(cells: pd.DataFrame, split: dict, seed: int) -> tuple[pd.Index, 
     return pd.Index(train).append(solo), pd.Index(test)
 
 
-def run_key(method: str, settings: dict, train: pd.Index) -> str:
-    blob = json.dumps({"method": method, "settings": settings,
-                       "train": hashlib.sha1("\n".join(sorted(train)).encode()).hexdigest()}, sort_keys=True)
+def label_subset(labels: pd.Series, fraction: float, seed: int, *, min_cells: int = 3) -> pd.Index:
+    """A stratified ``fraction`` of the labelled cells: per class round(fraction * n), at least ``min_cells``
+    (all of a class with fewer), drawn with ``seed``; ``fraction`` 1 keeps every cell."""
+    if fraction >= 1:
+        return labels.index
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cls in sorted(labels.unique()):
+        members = labels.index[labels.to_numpy() == cls]
+        n = min(len(members), max(min_cells, round(fraction * len(members))))
+        keep.append(members[np.sort(rng.choice(len(members), n, replace=False))])
+    return keep[0].append(keep[1:])
+
+
+def run_key(method: str, settings: dict, train: pd.Index, unlabelled: pd.Index = pd.Index([])) -> str:
+    def digest(cells):
+        return hashlib.sha1("\n".join(sorted(cells)).encode()).hexdigest()
+
+    blob = json.dumps({"method": method, "settings": settings, "train": digest(train)}
+                      | ({"unlabelled": digest(unlabelled)} if len(unlabelled) else {}), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def finished(job: dict) -> bool:
+    """Whether the run's predictions exist for exactly these settings and cells."""
+    out = Path(job["out"])
+    done = out.with_suffix(".json")
+    return out.exists() and done.exists() and json.loads(done.read_text()).get("key") == job["key"]
 
 
 def run_one(job: dict) -> dict:
@@ -65,7 +95,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     out = Path(job["out"])
     done = out.with_suffix(".json")
-    if done.exists() and json.loads(done.read_text()).get("key") == job["key"] and out.exists():
+    if finished(job):
         return json.loads(done.read_text())
     train, test = pd.Index(job["train"]), pd.Index(job["test"])
     start = time.perf_counter()
@@ -98,6 +128,9 @@ def _celler(job, train, test) -> pd.DataFrame:
     store = TokenStore(job["store"])
     idx = np.flatnonzero(store.cells.index.isin(test))
     pred, _ = predictions_table(model, store, idx, cfg)
+    if "unassigned" in pred:  # the one global cut of the rule before per-class thresholds, for comparison
+        cut = pred["level"].map({k: v["threshold"] for k, v in model.calibration.items()})
+        pred["unassigned_global"] = pred["confidence"] < cut
     return pred.assign(split="test")
 
 
@@ -106,9 +139,11 @@ def _baseline(job, train, test) -> pd.DataFrame:
 
     from celler.baselines import run_baseline
 
+    unlabelled = pd.Index(job.get("unlabelled", []))
     adata = ad.read_h5ad(job["expr"])
-    adata = adata[adata.obs_names.isin(train.append(test))].copy()
-    adata.obs["celler_split"] = np.where(adata.obs_names.isin(test), "test", "train")
+    adata = adata[adata.obs_names.isin(train.append(test).append(unlabelled))].copy()
+    adata.obs["celler_split"] = np.select([adata.obs_names.isin(test), adata.obs_names.isin(train)],
+                                          ["test", "train"], "unlabelled")
     return run_baseline(job["method"], adata, seed=job["seed"])
 
 
@@ -118,7 +153,7 @@ def prepare(config: dict, tissues: list[str], cores: int) -> None:
     subprocess.run(["snakemake", "-c", str(cores), *targets], cwd=REPO, check=True)
 
 
-def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines) -> list[dict]:
+def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fractions=(1.0,)) -> list[dict]:
     from celler.tokens import TokenStore
 
     jobs = []
@@ -126,14 +161,20 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines) -> 
         store = REPO / f"results/{tissue}/tokens"
         cells = TokenStore(store).cells
         for seed in seeds:
-            train, test = split_cells(cells, config["tissues"][tissue].get("split", {}), seed)
+            all_train, test = split_cells(cells, config["tissues"][tissue].get("split", {}), seed)
             methods = {f"celler_{name}" if name != "default" else "celler": s for name, s in variants.items()}
             methods |= {b: {} for b in baselines}
-            for method, settings in methods.items():
-                jobs.append({"tissue": tissue, "method": method, "seed": seed, "settings": settings,
-                             "store": str(store), "expr": str(REPO / f"results/{tissue}/expr.h5ad"),
-                             "train": list(train), "test": list(test), "key": run_key(method, settings, train),
-                             "out": str(OUT / tissue / method / f"seed{seed}.tsv")})
+            for fraction in fractions:
+                train = label_subset(cells.loc[all_train, "label"].astype(str), fraction, seed)
+                unlabelled = all_train.difference(train)
+                tag = "" if fraction >= 1 else f"_f{fraction:g}"
+                for method, settings in methods.items():
+                    jobs.append({"tissue": tissue, "method": method, "seed": seed, "fraction": fraction,
+                                 "settings": settings, "store": str(store),
+                                 "expr": str(REPO / f"results/{tissue}/expr.h5ad"), "train": list(train),
+                                 "unlabelled": list(unlabelled), "test": list(test),
+                                 "key": run_key(method, settings, train, unlabelled),
+                                 "out": str(OUT / tissue / method / f"seed{seed}{tag}.tsv")})
     return jobs
 
 
@@ -150,19 +191,30 @@ def score(jobs: list[dict], infos: list[dict], rare_fraction: float) -> pd.DataF
             col = "label" if level == "subclass" else "parent"
             counts = train[col].dropna().astype(str).value_counts()
             res = evaluate(pred, counts, rare_fraction=rare_fraction, level=level)
-            rows.append({"tissue": job["tissue"], "level": level, "method": job["method"], "seed": job["seed"],
-                         "macro_f1": res["macro_f1"], "rare_recall": res["rare_recall"], "wall_s": info["wall_s"]})
+            after = res.get("after_unassigned", {})
+            glob = (evaluate(pred.drop(columns="unassigned").rename(columns={"unassigned_global": "unassigned"}),
+                             counts, rare_fraction=rare_fraction, level=level)["after_unassigned"]
+                    if "unassigned_global" in pred else {})
+            rows.append({"tissue": job["tissue"], "level": level, "fraction": job.get("fraction", 1.0),
+                         "method": job["method"], "seed": job["seed"],
+                         "macro_f1": res["macro_f1"], "rare_recall": res["rare_recall"], "wall_s": info["wall_s"],
+                         "unassigned": after.get("unassigned_share", np.nan),
+                         "rare_recall_assigned": after.get("rare_recall", np.nan),
+                         "rare_recall_assigned_global": glob.get("rare_recall", np.nan)})
     return pd.DataFrame(rows)
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark and method: mean ± std, and the macro-F1 gap to the best baseline (by mean)."""
-    g = runs.groupby(["tissue", "level", "method"])
+    g = runs.groupby(["tissue", "level", "fraction", "method"])
     table = g.agg(f1=("macro_f1", "mean"), f1_sd=("macro_f1", "std"), rare=("rare_recall", "mean"),
-                  rare_sd=("rare_recall", "std"), wall=("wall_s", "mean"), seeds=("seed", "nunique")).reset_index()
+                  rare_sd=("rare_recall", "std"), wall=("wall_s", "mean"), seeds=("seed", "nunique"),
+                  unassigned=("unassigned", "mean"), rare_kept=("rare_recall_assigned", "mean"),
+                  rare_kept_global=("rare_recall_assigned_global", "mean")).reset_index()
     base = table[~table["method"].str.startswith("celler")]
-    best = base.loc[base.groupby(["tissue", "level"])["f1"].idxmax()].set_index(["tissue", "level"])
-    key = list(zip(table["tissue"], table["level"], strict=True))
+    best = base.loc[base.groupby(["tissue", "level", "fraction"])["f1"].idxmax()].set_index(
+        ["tissue", "level", "fraction"])
+    key = list(zip(table["tissue"], table["level"], table["fraction"], strict=True))
     table["best_baseline"] = [best["method"].get(k, "") for k in key]
     table["gap"] = table["f1"] - [best["f1"].get(k, np.nan) for k in key]
     return table
@@ -172,13 +224,18 @@ def markdown(table: pd.DataFrame) -> str:
     def pm(m, s):
         return "–" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(s) else f" ± {s:.3f}")
 
-    lines = ["| benchmark | method | macro-F1 | rare recall | gap to best baseline | s per run | seeds |",
-             "|---|---|---|---|---|---|---|"]
-    for r in table.sort_values(["tissue", "level", "f1"], ascending=[True, True, False]).itertuples():
-        bench = r.tissue + ("" if r.level == "subclass" else f" ({r.level})")
+    lines = ["| benchmark | method | macro-F1 | rare recall | gap to best baseline | s per run | seeds | "
+             "Unassigned | rare recall after Unassigned (per-class / one global cut) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = ["tissue", "level", "fraction", "f1"]
+    for r in table.sort_values(order, ascending=[True, True, True, False]).itertuples():
+        bench = (r.tissue + ("" if r.level == "subclass" else f" ({r.level})")
+                 + ("" if r.fraction >= 1 else f", {r.fraction:g} of the labels"))
         gap = "–" if pd.isna(r.gap) else f"{r.gap:+.3f}"
+        after = ("–" if pd.isna(r.unassigned) else
+                 f"{r.unassigned:.3f} | {pm(r.rare_kept, np.nan)} / {pm(r.rare_kept_global, np.nan)}")
         lines.append(f"| {bench} | {r.method} | {pm(r.f1, r.f1_sd)} | {pm(r.rare, r.rare_sd)} | {gap} | "
-                     f"{r.wall:.0f} | {r.seeds} |")
+                     f"{r.wall:.0f} | {r.seeds} | {after if after != '–' else '– | –'} |")
     return "\n".join(lines)
 
 
@@ -190,7 +247,11 @@ def main() -> None:
                     help="a Celler variant: finetune overrides as a JSON object (repeatable)")
     ap.add_argument("--no-default", action="store_true", help="leave out the configured Celler")
     ap.add_argument("--baselines", nargs="*", help="default: evaluate.baselines of config.yaml; none: no baseline")
+    ap.add_argument("--label-fractions", nargs="*", type=float, default=[1.0],
+                    help="shares of the training labels to learn from (stratified, >= 3 cells a class)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--score-only", action="store_true",
+                    help="train nothing: table the runs already finished (marked partial when some are missing)")
     ap.add_argument("--title", default="Accuracy benchmark")
     args = ap.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -203,10 +264,15 @@ def main() -> None:
     baselines = list(config["evaluate"]["baselines"]) if args.baselines is None else args.baselines
 
     prepare(config, tissues, args.workers)
-    jobs = plan(config, tissues, args.seeds, variants, baselines)
+    jobs = plan_all = plan(config, tissues, args.seeds, variants, baselines, args.label_fractions)
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        infos = list(pool.map(run_one, jobs))
+    if args.score_only:
+        jobs = [j for j in jobs if finished(j)]
+        infos = [json.loads(Path(j["out"]).with_suffix(".json").read_text()) for j in jobs]
+        args.title += f" (partial: {len(jobs)} of {len(plan_all)} runs finished)" if len(jobs) < len(plan_all) else ""
+    else:
+        with ProcessPoolExecutor(args.workers) as pool:
+            infos = list(pool.map(run_one, jobs))
     wall = time.perf_counter() - start
     runs = score(jobs, infos, float(config["evaluate"].get("rare_fraction", 0.03)))
     OUT.mkdir(parents=True, exist_ok=True)

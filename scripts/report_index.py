@@ -1,4 +1,4 @@
-"""Snakemake script: the index page linking the tissue reports (logic in celler.report.build_index)."""
+"""Snakemake script: the cross-tissue index page (logic in celler.report.build_index)."""
 
 from pathlib import Path
 
@@ -6,5 +6,5 @@ from celler.cli import run_guarded
 from celler.report import build_index
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-reports = {Path(p).parent.name: p for p in sm.input}
+reports = {Path(p).parent.name: p for p in sm.input.reports}
 run_guarded(lambda: build_index(reports, sm.output[0]), log_path=sm.log[0])

@@ -15,10 +15,12 @@ run_guarded(
         sm.output.html,
         marker_tissue=sm.params.marker_tissue,
         markers_dir=Path(sm.input.markers[0]).parent,
-        figures_dir=Path(sm.output.class_sizes).parent,
+        figures_dir=Path(sm.output.qc).parent,
         pretrain_log=pretrain_log,
         evaluation=bool(sm.input.evaluation),
         rare_fraction=sm.params.rare_fraction,
+        run_config=sm.config,
+        index_html=sm.params.index,
     ),
     log_path=sm.log[0],
 )

@@ -165,6 +165,27 @@ def test_calibration_temperature_threshold_and_curve():
     assert tiny["threshold"] == DEFAULT_THRESHOLD
 
 
+def test_class_thresholds_keep_a_less_confident_class_and_never_exceed_the_global_cut():
+    from celler.calibration import class_thresholds, unassigned
+
+    rng = np.random.default_rng(1)
+    conf = np.concatenate([rng.uniform(0.95, 1.0, 300), rng.uniform(0.5, 0.8, 30), rng.uniform(0.4, 0.9, 20)])
+    pred = np.array([0] * 300 + [1] * 30 + [2] * 20)
+    correct = np.array([True] * 330 + [False] * 20)  # class 2 is never predicted right
+    cut = class_thresholds(conf, correct, pred, 0.92, ["head", "rare", "never"])
+    assert cut["head"] == pytest.approx(0.92)  # its own quantile (~0.955) is above the cut: kept at the cut
+    assert cut["rare"] == pytest.approx(np.quantile(conf[300:330], 0.1, method="lower"))
+    assert "never" not in cut  # no right call: the global threshold applies
+    assert all(v <= 0.92 for v in cut.values())
+    cal = {"threshold": 0.92, "class_thresholds": cut}
+    names = np.array(["head", "rare", "never"], dtype=object)[pred]
+    left = unassigned(cal, names, conf)
+    assert left[300:330].mean() <= 0.1 + 1e-9  # ~90% of the rare class's right calls are kept ...
+    assert (conf[300:330] < 0.92).all()  # ... which one global cut would all have lost
+    assert left[330:].all() == (conf[330:] < 0.92).all()
+    assert not unassigned(None, names[:1], np.array([0.6]))[0]  # no calibration: the default 0.5
+
+
 def test_two_level_model_writes_the_parent_label(pancreas_tokens, tmp_path):
     store = TokenStore(pancreas_tokens)
     vocab = store.vocab()

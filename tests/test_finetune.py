@@ -66,6 +66,71 @@ def test_validation_split_is_stratified_and_keeps_singletons():
     assert (labels[val] == 0).sum() == 10 and (labels[val] == 1).sum() == 2 and 60 in train
 
 
+def test_validation_cells_are_training_cells_and_small_classes_are_validated():
+    from celler.finetune import MIN_CELLS_FOR_VALIDATION
+
+    labels = np.array([0] * 200 + [1] * MIN_CELLS_FOR_VALIDATION + [2] * (MIN_CELLS_FOR_VALIDATION - 1) + [3] * 7)
+    pool = np.arange(len(labels))
+    subset = pool[pool % 3 != 1]  # the training cells of a split: validation is drawn from these only
+    train, val = validation_split(labels, subset, 0.1, seed=3)
+    assert np.isin(val, subset).all() and not np.isin(val, train).any()
+    assert np.array_equal(np.union1d(train, val), subset)
+    full_train, full_val = validation_split(labels, pool, 0.1, seed=3)
+    assert (labels[full_val] == 1).sum() == 1  # 5 cells: round(0.5) = 0 before, at least one now
+    assert (labels[full_val] == 3).sum() == 1
+    assert (labels[full_val] == 2).sum() == 0  # 4 cells: all kept for training
+    assert (labels[full_val] == 0).sum() == 20
+
+
+def test_validation_macro_f1_scores_only_classes_present():
+    from celler.rebalance import macro_f1
+
+    truth = np.array([0, 0, 1, 1])
+    # a tail class 2 predicted once but absent from the validation cells: not an F1 of 0 for class 2
+    pred = np.array([0, 2, 1, 1])
+    assert macro_f1(truth, pred) == pytest.approx((2 / 3 + 1.0) / 2)
+    assert macro_f1(np.array([-100, 0]), np.array([1, 0])) == 1.0  # open-set cells are skipped
+
+
+def test_posthoc_tau_is_the_argmax_of_the_logged_grid_and_applies_in_eval_only(pancreas_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1}, loss="balanced_softmax", posthoc_adjustment=True)
+    model, levels, info = finetune(pancreas_tokens, tmp_path / "m", cfg)
+    record = json.loads((tmp_path / "m/config.json").read_text())["chosen"]["posthoc"]["subclass"]
+    best = max(record["grid"], key=lambda r: (r["val_macro_f1"], -abs(r["tau"])))
+    assert record["tau"] == best["tau"]
+    counts = torch.tensor(info["class_counts"]["subclass"], dtype=torch.float32)
+    assert torch.allclose(model.logit_bias["subclass"], record["tau"] * torch.log(counts))
+    emb = torch.randn(5, model.embedding_dim)
+    model.train()
+    raw, _ = model(None, None, embedding=emb)
+    model.eval()
+    adjusted, _ = model(None, None, embedding=emb)
+    assert torch.allclose(adjusted["subclass"] - raw["subclass"], model.logit_bias["subclass"], atol=1e-5)
+    loaded, _ = load_classifier(tmp_path / "m")  # the adjustment travels with the model
+    assert torch.equal(loaded.logit_bias["subclass"], model.logit_bias["subclass"])
+
+
+def test_gcl_trains_a_cosine_head_and_its_second_stage(pancreas_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1}, loss="gcl", loss_params={"stage2_steps": 30})
+    torch.manual_seed(0)
+    model, _, info = finetune(pancreas_tokens, tmp_path / "m", cfg)
+    head = model.heads["subclass"]
+    assert head.cosine_scale == 30.0 and head.out.bias is None
+    loaded, _ = load_classifier(tmp_path / "m")
+    assert loaded.heads["subclass"].cosine_scale == 30.0
+    store = TokenStore(pancreas_tokens)
+    test = np.flatnonzero(store.cells.split == "test")[:50]
+    a, _ = predictions_table(model, store, test, cfg)
+    b, _ = predictions_table(loaded, store, test, cfg)
+    assert a.predicted.equals(b.predicted)
+    cfg0 = FinetuneConfig(**{**FAST, "epochs": 1}, loss="gcl", loss_params={"stage2_steps": 0})
+    torch.manual_seed(0)
+    before, _, _ = finetune(pancreas_tokens, tmp_path / "m0", cfg0)
+    # stage 2 moved the last layer only
+    assert not torch.equal(before.heads["subclass"].out.weight, head.out.weight)
+    assert torch.equal(before.heads["subclass"].fc.weight, head.fc.weight)
+
+
 def test_induced_long_tail_restricts_training_cells(pancreas_tokens, tmp_path):
     store = TokenStore(pancreas_tokens)
     train = store.cells[store.cells.split == "train"]
@@ -82,9 +147,15 @@ def test_auto_grid_candidates_and_choice(pancreas_tokens, tmp_path):
     cands = loss_candidates(cfg)
     assert [c[1]["tau"] for c in cands] == [0.5, 1.0] and all(c[0] == "ginf+hdm" for c in cands)
     _, _, info = finetune(pancreas_tokens, tmp_path / "m", cfg)
-    assert info["loss_params"]["tau"] in (0.5, 1.0)
     chosen = json.loads((tmp_path / "m/config.json").read_text())["chosen"]
     assert chosen["loss"] == "ginf+hdm"
+    logged = [c["val_macro_f1"] for c in chosen["candidates"]]
+    assert len(logged) == 2
+    assert chosen["loss_params"]["tau"] == cands[int(np.argmax(logged))][1]["tau"]  # the first of a tie
+    log = pd.read_csv(tmp_path / "m/train_log.csv")
+    for cand, score in zip(cands, logged, strict=True):  # each candidate's score is its best logged epoch
+        rows = log[log.stage == f"ginf+hdm {cand[1]}"]
+        assert rows["val_macro_f1_subclass"].max() == pytest.approx(score)
 
 
 def test_frozen_encoder_trains_heads_only(pancreas_tokens, tmp_path):

@@ -11,6 +11,7 @@ from celler.losses import (
     BalancedSoftmax,
     FocalLoss,
     GInf,
+    GaussianCloudedLogits,
     GInfHDM,
     HardDifficultyMining,
     build_loss,
@@ -38,7 +39,7 @@ def weighted_nll(logits, targets, counts, tau=1.0):
 def test_ginf_equals_ce_when_counts_equal(batch):
     logits, targets = batch
     ce = F.cross_entropy(logits, targets)
-    for form in ("paper", "released", "gcl"):
+    for form in ("paper", "released"):
         no_noise = GInf([50] * C, form=form, sigma=0.0)
         assert torch.allclose(no_noise(logits, targets), ce, atol=1e-6)
         # equal N_j means Δδ = 0 everywhere, so even σ > 0 adds no noise
@@ -61,12 +62,6 @@ def test_paper_form_without_noise_is_balanced_softmax(batch, tau):
     assert torch.equal(ginf(logits, targets), BalancedSoftmax(COUNTS, tau=tau)(logits, targets))
 
 
-def test_gcl_form_without_noise_is_balanced_softmax(batch):
-    logits, targets = batch
-    gcl = GInf(COUNTS, form="gcl", sigma=0.0).train()
-    assert torch.equal(gcl(logits, targets), BalancedSoftmax(COUNTS)(logits, targets))
-
-
 def test_released_form_without_noise_is_ce(batch):
     logits, targets = batch
     released = GInf(COUNTS, form="released", sigma=0.0).train()
@@ -81,7 +76,7 @@ def test_paper_noise_is_delta_times_epsilon():
     assert torch.allclose(ginf.noisy_logits(z), (delta * 0.7).expand(2, C))
 
 
-@pytest.mark.parametrize("form", ["paper", "released", "gcl"])
+@pytest.mark.parametrize("form", ["paper", "released"])
 def test_head_class_gets_no_noise(form):
     z = torch.randn(64, C)
     ginf = GInf(COUNTS, form=form, sigma=1.0, generator=torch.Generator().manual_seed(1)).train()
@@ -91,20 +86,44 @@ def test_head_class_gets_no_noise(form):
     assert (z_inf[:, 1:] != z[:, 1:]).all()  # every other class is perturbed
 
 
-def test_gcl_cloud_lowers_logits_within_its_scale():
-    z = torch.zeros(4000, C)
-    ginf = GInf(COUNTS, form="gcl", sigma=1.0, generator=torch.Generator().manual_seed(2)).train()
-    drop = z - ginf.noisy_logits(z)
-    scale = ginf.delta / ginf.delta.max()
+def test_gcl_cloud_lowers_cosines_within_its_scale():
+    cos = torch.zeros(4000, C)
+    targets = torch.zeros(4000, dtype=torch.long)
+    gcl = GaussianCloudedLogits(COUNTS, cloud=0.5, sigma=3.0, generator=torch.Generator().manual_seed(2)).train()
+    drop = cos - gcl.clouded(cos, targets)
+    scale = 0.5 * gcl.cloud_scale  # cloud · Δδ_j / max Δδ
     assert (drop >= 0).all()
     assert (drop <= scale + 1e-6).all()
-    assert torch.allclose(drop.max(0).values, scale, atol=1e-6)  # |ε| clipped at 1 is reached
+    assert torch.allclose(drop.max(0).values, scale, atol=1e-6)  # σ = 3: |ε| clipped at 1 is reached
     assert drop[:, -1].mean() > drop[:, 1].mean()  # the rarest class gets the widest cloud
+    assert (drop[:, 0] == 0).all()  # the head class none
+
+
+def test_gcl_margin_scale_and_eval_mode(batch):
+    cos, targets = batch
+    cos = torch.tanh(cos)  # cosines in (−1, 1)
+    gcl = GaussianCloudedLogits(COUNTS, scale=30.0, cloud=0.0, margin=0.2).train()
+    hand = F.cross_entropy(30.0 * (cos - 0.2 * F.one_hot(targets, C)), targets)  # margin on the target only
+    assert torch.allclose(gcl(30.0 * cos, targets), hand, atol=1e-5)
+    gcl.eval()  # no cloud, no margin: plain CE on the head's logits
+    assert torch.allclose(gcl(30.0 * cos, targets), F.cross_entropy(30.0 * cos, targets), atol=1e-5)
+    focal = GaussianCloudedLogits(COUNTS, cloud=0.0, gamma=1.0).eval()
+    assert focal(30.0 * cos, targets) < gcl(30.0 * cos, targets)  # focal down-weights easy cells
+
+
+def test_cosine_head_logits_are_bounded_by_the_scale():
+    from celler.model import ClassifierHead, ModelConfig
+
+    head = ClassifierHead(ModelConfig(), 4, cosine_scale=30.0)
+    logits, _ = head(torch.randn(64, 64) * 10)
+    assert head.out.bias is None
+    assert logits.abs().max() <= 30.0 + 1e-4
+    assert logits.abs().max() > 1.0  # not squashed to zero
 
 
 def test_no_noise_in_eval_mode(batch):
     logits, targets = batch
-    for form in ("paper", "released", "gcl"):
+    for form in ("paper", "released"):
         ginf = GInf(COUNTS, form=form, sigma=1.0)
         train_a, train_b = ginf(logits, targets), ginf(logits, targets)
         assert not torch.equal(train_a, train_b)
@@ -214,16 +233,23 @@ def test_bf16_logits_give_a_float32_loss(batch):
 
 
 def test_build_loss_passes_config_and_rejects_unknowns():
-    loss = build_loss("ginf", COUNTS, form="gcl", mu=0.1, sigma=0.2, tau=0.5)
-    assert (loss.form, loss.mu, loss.sigma, loss.tau) == ("gcl", 0.1, 0.2, 0.5)
+    loss = build_loss("ginf", COUNTS, form="released", mu=0.1, sigma=0.2, tau=0.5)
+    assert (loss.form, loss.mu, loss.sigma, loss.tau) == ("released", 0.1, 0.2, 0.5)
+    sample = build_loss("ginf+hdm", COUNTS, hdm_mode="sample", hdm_literal=True)
+    assert (sample.hdm_mode, sample.hdm_literal) == ("sample", True)
+    assert build_loss("gcl", COUNTS, scale=16).scale == 16.0
     both = build_loss("ginf+hdm", COUNTS, hdm_n=3, hdm_lambda=0.25, sigma=None)
     assert (both.hdm_n, both.hdm_lambda, both.sigma) == (3, 0.25, 1 / 3)  # None means the default
     with pytest.raises(ValueError, match="allowed: ce, focal"):
         build_loss("ldam", COUNTS)
     with pytest.raises(ValueError, match="allowed: \\['alpha', 'gamma'\\]"):
         build_loss("focal", COUNTS, sigma=1.0)
-    with pytest.raises(ValueError, match="'paper', 'released', 'gcl'"):
-        build_loss("ginf", COUNTS, form="clouds")
+    with pytest.raises(ValueError, match="'paper', 'released'"):
+        build_loss("ginf", COUNTS, form="gcl")
+    with pytest.raises(ValueError, match="hdm_mode"):
+        build_loss("ginf+hdm", COUNTS, hdm_mode="cells")
+    with pytest.raises(ValueError, match="scale"):
+        build_loss("gcl", COUNTS, scale=0)
     with pytest.raises(ValueError, match="sigma"):
         build_loss("ginf", COUNTS, sigma=-1.0)
     with pytest.raises(ValueError, match="hdm_n"):
@@ -245,3 +271,136 @@ def test_zero_count_class_counts_as_one(batch):
         ginf = GInf([500, 120, 40, 9, 0], sigma=1.0).train()
     assert torch.isfinite(ginf(logits, targets))
     assert ginf.delta[-1] == pytest.approx(math.log(500))
+
+
+def test_hdm_ranking_with_unequal_counts_code_vs_literal():
+    from celler.hdm import class_mode, hard_classes
+
+    # class 1 has the larger raw logit, class 3 the larger prior-adjusted score (500 vs 9 cells... reversed)
+    counts = [9, 3, 500, 120, 40]
+    z = torch.tensor([[0.0, 2.0, -5.0, 1.0, -5.0]])
+    y = torch.tensor([0])
+    log_n = torch.log(torch.tensor(counts, dtype=torch.float32))
+    assert hard_classes(z, y, 1).tolist() == [[0, 1]]  # Eq. 8: highest raw logit
+    assert hard_classes(z + log_n, y, 1).tolist() == [[0, 3]]  # the code's reading: prior-adjusted score
+    code = class_mode(z, z, y, log_n, 1, literal=False)
+    literal = class_mode(z, z, y, log_n, 1, literal=True)
+    a = z + log_n
+    assert code.item() == pytest.approx(-(a[0, 0] - torch.logsumexp(a[0, [0, 3]], 0)).item(), rel=1e-6)
+    assert literal.item() == pytest.approx(-(a[0, 0] - torch.logsumexp(a[0, [0, 1]], 0)).item(), rel=1e-6)
+
+
+def test_literal_eq9_noise_in_numerator_leaves_the_gradient_of_the_noise_free_softmax(batch):
+    logits, targets = batch
+    z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    noisy = build_loss("ginf+hdm", COUNTS, sigma=1.0, hdm_n=C, hdm_literal=True, hdm_lambda=1.0,
+                       generator=torch.Generator().manual_seed(0)).train()
+    loss = noisy(z1, targets)
+    # HDM literal over all classes = balanced softmax + a constant; GInf term is the noisy paper form
+    ginf_only = build_loss("ginf", COUNTS, sigma=1.0, generator=torch.Generator().manual_seed(0)).train()
+    (ginf_only(z2, targets) + BalancedSoftmax(COUNTS)(z2, targets)).backward()
+    loss.backward()
+    assert torch.allclose(z1.grad, z2.grad, atol=1e-6)
+    assert not torch.allclose(loss, ginf_only(logits, targets) + BalancedSoftmax(COUNTS)(logits, targets))
+
+
+def test_hard_samples_are_the_most_confidently_wrong_per_predicted_class():
+    from celler.hdm import hard_samples
+
+    z = torch.tensor([
+        [5.0, 0.0, 0.0],  # predicted 0, true 1: wrong, z_0 = 5
+        [3.0, 0.0, 0.0],  # predicted 0, true 2: wrong, z_0 = 3
+        [4.0, 0.0, 0.0],  # predicted 0, true 0: right
+        [0.0, 2.0, 0.0],  # predicted 1, true 2: wrong
+        [0.0, 0.0, 9.0],  # predicted 2, true 2: right
+    ])
+    y = torch.tensor([1, 2, 0, 2, 2])
+    assert hard_samples(z, y, 1).tolist() == [True, False, False, True, False]
+    assert hard_samples(z, y, 5).tolist() == [True, True, False, True, False]
+
+
+def test_sample_mode_adds_the_hard_cells_loss_again(batch):
+    from celler.hdm import hard_samples
+
+    logits, targets = batch
+    loss = build_loss("ginf+hdm", COUNTS, sigma=0.0, hdm_mode="sample", hdm_n=2, hdm_lambda=1.0).train()
+    per_cell = F.cross_entropy(logits + torch.log(torch.tensor(COUNTS, dtype=torch.float32)), targets,
+                               reduction="none")
+    hard = hard_samples(logits, targets, 2)
+    assert 0 < hard.sum() < len(targets)
+    expected = per_cell.mean() + (per_cell * hard).sum() / len(targets)
+    assert torch.allclose(loss(logits, targets), expected, atol=1e-6)
+    right = logits.clone()
+    right[torch.arange(len(targets)), targets] += 100  # every cell right: no hard sample, GInf alone
+    assert torch.allclose(loss(right, targets), BalancedSoftmax(COUNTS)(right, targets), atol=1e-6)
+
+
+def test_released_form_hdm_term_has_no_prior_either(batch):
+    logits, targets = batch
+    total = build_loss("ginf+hdm", COUNTS, form="released", sigma=0.0, hdm_n=C).train()(logits, targets)
+    assert torch.allclose(total, 2 * F.cross_entropy(logits, targets), atol=1e-5)
+
+
+def test_prior_lowers_the_push_on_tail_logits_for_a_head_cell():
+    z = torch.zeros(1, C, requires_grad=True)
+    head = torch.tensor([0])
+    F.cross_entropy(z, head).backward()
+    ce_grad = z.grad.clone()
+    z.grad = None
+    BalancedSoftmax(COUNTS)(z, head).backward()
+    bs_grad = z.grad.clone()
+    assert (ce_grad[0, 1:] > 0).all() and (bs_grad[0, 1:] > 0).all()  # both push tail logits down ...
+    assert (bs_grad[0, 1:] < ce_grad[0, 1:]).all()  # ... balanced softmax less so
+    assert bs_grad[0, -1] < bs_grad[0, 1]  # the rarer the class, the less
+
+
+def test_noise_mean_and_spread_monte_carlo():
+    z = torch.zeros(20000, C)
+    ginf = GInf(COUNTS, mu=0.3, sigma=0.5, generator=torch.Generator().manual_seed(11)).train()
+    z_inf = ginf.noisy_logits(z)
+    se = ginf.delta * 0.5 / 20000**0.5  # standard error of each mean
+    assert ((z_inf.mean(0) - ginf.delta * 0.3).abs() <= 4 * se + 1e-6).all()  # E = z + Δδ·μ
+    assert torch.allclose(z_inf.std(0), ginf.delta * 0.5, rtol=0.03)  # sd = Δδ·σ
+    assert z_inf.std(0)[0] == 0
+
+
+def _long_tail_problem(seed):
+    """Four Gaussian classes in 8 dimensions, 1000 / 200 / 30 / 8 training cells, a balanced test set."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(4, 8, generator=g) * 1.2
+    counts = [1000, 200, 30, 8]
+
+    def draw(n_per_class):
+        x = torch.cat([means[c] + torch.randn(n, 8, generator=g) for c, n in enumerate(n_per_class)])
+        return x, torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
+
+    return draw(counts), draw([300] * 4), counts
+
+
+def _tail_recall(loss, seed):
+    (x, y), (xt, yt), _ = _long_tail_problem(seed)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(8, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    loss.train()
+    for _ in range(300):
+        opt.zero_grad()
+        loss(model(x), y).backward()
+        opt.step()
+    pred = model(xt).argmax(1)
+    return float((pred[yt == 3] == 3).float().mean())
+
+
+def test_balanced_softmax_and_the_default_loss_raise_tail_recall_over_ce():
+    import yaml
+    from conftest import ROOT
+
+    section = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]
+    counts = _long_tail_problem(0)[2]
+    for seed in (0, 1):
+        ce = _tail_recall(build_loss("ce", counts), seed)
+        bs = _tail_recall(build_loss("balanced_softmax", counts), seed)
+        default = _tail_recall(build_loss(section["loss"], counts, generator=torch.Generator().manual_seed(seed),
+                                          **section.get("loss_params", {})), seed)
+        assert bs > ce + 0.1, (seed, ce, bs)
+        assert default > ce + 0.1, (seed, ce, default)

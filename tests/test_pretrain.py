@@ -15,8 +15,8 @@ import torch
 
 from celler.classifier import load_classifier
 from celler.errors import CellerError
-from celler.finetune import FinetuneConfig, build_encoder, finetune
-from celler.model import Encoder
+from celler.finetune import FinetuneConfig, build_classifier, build_encoder, finetune
+from celler.model import Encoder, MaskedValueModel, preset
 from celler.pretrain import (
     PretrainConfig,
     check_vocab,
@@ -161,6 +161,66 @@ def test_finetuning_starts_from_the_pretrained_encoder(pbmc3k_tokens, pancreas_t
     tuned = model.encoder.state_dict()
     for k, v in saved.items():
         assert torch.equal(tuned[k], v), k
+
+
+def test_profile_view_reads_the_encoders_gene_vectors_in_pretraining():
+    """Tied, not copied: one tensor, and the cell-level loss's gradient reaches the batch's gene rows only."""
+    model = MaskedValueModel(preset("tiny", vocab_size=50, pad_id=48, cls_id=49), profile=True)
+    assert model.profile.bag.weight is model.encoder.gene_embedding.weight
+    genes = torch.tensor([3, 5, 7, 5, 9])
+    values = torch.tensor([10, 20, 30, 40, 50])
+    offsets = torch.tensor([0, 3])  # cell 0: genes 3, 5, 7; cell 1: genes 5, 9
+    hidden = torch.tensor([False, True, False, False, False])
+    loss = model.profile_loss(genes, values, offsets, hidden)
+    loss.backward()
+    grad = model.encoder.gene_embedding.weight.grad
+    assert set(torch.flatnonzero(grad.abs().sum(1)).tolist()) == {3, 5, 7, 9}
+    model.encoder.resize_token_embeddings(60)
+    model.tie_profile()
+    assert model.profile.bag.weight is model.encoder.gene_embedding.weight
+
+
+def test_cell_objective_loss_falls_and_its_weights_reach_the_classifier(pbmc3k_tokens, pancreas_tokens, tmp_path):
+    """The cell-level objective learns (its loss falls well below its start on real cells), its LayerNorm is
+    saved, and a classifier built on that model starts with profile gene vectors equal to the pretrained gene
+    embedding; from scratch they are fresh."""
+    cfg = PretrainConfig(preset="tiny", max_len=64, batch_size=16, max_steps=40, lr=3e-3, warmup_steps=4,
+                         checkpoint_every=0, max_cells=400, profile_weight=1.0)
+    pretrain([pbmc3k_tokens], tmp_path / "pre", cfg)
+    log = pd.read_csv(tmp_path / "pre" / "train_log.csv")
+    first, last = log["profile_loss"][:3].mean(), log["profile_loss"][-5:].mean()
+    assert last < 0.5 * first, (first, last)  # measured: 0.04 -> 0.01 (40 steps)
+    blob = torch.load(tmp_path / "pre" / "model.pt", weights_only=True)
+    assert {"profile_norm", "profile_decoder"} <= set(blob)
+    ft = FinetuneConfig(init="pretrained", readout="profile", device="cpu")
+    store = TokenStore(pancreas_tokens)
+    levels = {"subclass": ["a", "b"]}
+    model = build_classifier(ft, store, tmp_path / "pre", levels)
+    assert torch.equal(model.profile.bag.weight, blob["encoder"]["gene_embedding.weight"])
+    assert torch.equal(model.profile.norm.weight, blob["profile_norm"]["weight"])
+    fresh = build_classifier(replace(ft, init="scratch"), store, None, levels)
+    assert not torch.equal(fresh.profile.bag.weight, blob["encoder"]["gene_embedding.weight"])
+
+
+def test_other_pretrained_weights_give_other_default_predictions(pbmc3k_tokens, pancreas_tokens, tmp_path):
+    """The default readout reads pretrained weights: fine-tuning the same cells with the same seed from two
+    pretrained models (pretraining seeds 0 and 1) gives different logits; from scratch twice, the same."""
+    from celler.classifier import predict_logits
+
+    ft = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, seed=0, device="cpu")
+    assert ft.readout == "profile"  # the default
+    store = TokenStore(pancreas_tokens)
+    test = np.flatnonzero(store.cells["split"].astype(str).to_numpy() == "test")[:100]
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        pretrain([pbmc3k_tokens], tmp_path / name, QUICK.with_overrides(["max_steps=3", f"seed={seed}"]))
+        model, _, _ = finetune(pancreas_tokens, tmp_path / f"ft_{name}", ft, pretrained=tmp_path / name)
+        out[name] = predict_logits(model, store, test, ft)[0]["subclass"]
+    for name in ("s1", "s2"):
+        model, _, _ = finetune(pancreas_tokens, tmp_path / f"ft_{name}", replace(ft, init="scratch"))
+        out[name] = predict_logits(model, store, test, ft)[0]["subclass"]
+    assert not torch.allclose(out["a"], out["b"])
+    torch.testing.assert_close(out["s1"], out["s2"])
 
 
 def test_corpus_leaves_out_test_cells_unless_transductive():

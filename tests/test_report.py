@@ -1,6 +1,7 @@
 """HTML reports (celler.report): a results folder built from the real Wang pancreas cells plus synthetic
-predictions, the tissue page with and without the baseline comparison, the index page, and the page opened in
-headless Chromium (skipped when the `chromium` binary is missing, a failure under CI=true)."""
+predictions (one tissue with one label level, one with two), the tissue pages with and without the baseline
+comparison, the cross-tissue index, and every page opened in headless Chromium (skipped when the `chromium`
+binary is missing, a failure under CI=true)."""
 
 import json
 import os
@@ -14,16 +15,27 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
+from conftest import skip_or_fail
 
+from celler import markers as mk
 from celler.errors import CellerError
 from celler.metrics import evaluate, scalar_row
 from celler.report import FIGURES, build_index, build_tissue_report
-from conftest import skip_or_fail
+from celler.report.figures import tissue_figures
+from celler.report.inputs import load_tissue
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS_DIR = ROOT / "resources" / "markers"
 CHROMIUM = shutil.which("chromium")
+PARENT = {
+    "alpha": "endocrine",
+    "beta": "endocrine",
+    "delta": "endocrine",
+    "gamma": "endocrine",
+    "acinar": "exocrine",
+    "ductal": "exocrine",
+    "stellate": "stroma",
+}
 
 
 # ------------------------------------------------------------------------------------- a results folder
@@ -34,28 +46,33 @@ def _predict(true: np.ndarray, classes: list[str], rng, accuracy: float) -> np.n
     return np.where(wrong, rng.choice(classes, len(true)), true)
 
 
-def _scores(cells, true, pred, counts, level="subclass"):
+def _scores(cells, true, pred, counts, level):
     t = pd.DataFrame({"cell": cells, "split": "test", "level": level, "true": true, "predicted": pred})
     res = evaluate(t, counts, level=level)
-    per_class = res["per_class"].reset_index().assign(level=level)
-    return t, {"level": level} | scalar_row(res), per_class
+    return t, {"level": level} | scalar_row(res), res["per_class"].reset_index().assign(level=level)
 
 
-def make_results(root: Path, tissue: str = "pancreas", *, evaluation: bool = False) -> Path:
-    """The workflow's outputs for one tissue (layout of results/{tissue}/) from the real Wang cells."""
+def make_results(
+    root: Path, tissue: str = "pancreas", *, evaluation: bool = False, two_levels: bool = False
+) -> Path:
+    """The workflow's outputs for one tissue (layout of results/{tissue}/) from the real Wang cells: 7 cells
+    removed by min_genes and 5 by drop_labels ("Doublet"), 60% of each class for training."""
     rng = np.random.default_rng(0)
     a = ad.read_h5ad(ROOT / "resources/data/pancreas_wang_scclassify.h5ad")
-    labels = a.obs["celltype"].astype(str).to_numpy()
+    labels = a.obs["celltype"].astype(str).to_numpy().astype(object)
     split = np.empty(a.n_obs, dtype=object)
-    for c in np.unique(labels):  # 60% of each class for training
+    for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         split[idx] = np.where(np.arange(len(idx)) < max(1, int(0.6 * len(idx))), "train", "test")
-    kept = np.ones(a.n_obs, dtype=bool)
-    kept[:7] = False
+    reason = np.full(a.n_obs, "", dtype=object)
+    reason[:7], reason[7:12] = "min_genes", "dropped label"
+    labels[7:12] = "Doublet"
+    kept = reason == ""
     d = root / tissue
     for sub in ("qc", "vocab", "model", "celler"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    cells = pd.DataFrame(
+    parents = np.array([PARENT.get(x, "") for x in labels], dtype=object)
+    pd.DataFrame(
         {
             "input": "pancreas_wang_scclassify.h5ad",
             "kind": "log",
@@ -63,80 +80,121 @@ def make_results(root: Path, tissue: str = "pancreas", *, evaluation: bool = Fal
             "total": np.asarray(a.X.sum(axis=1)).ravel(),
             "pct_mito": 0.0,
             "label": labels,
-            "parent": "",
+            "parent": parents if two_levels else "",
             "batch": np.where(np.arange(a.n_obs) % 2, "wang_a", "wang_b"),
             "input_split": "",
             "kept": kept,
-            "reason": np.where(kept, "", "min_genes"),
-            "split": np.where(kept, split, ""),
+            "reason": reason,
+            "split": np.where(kept, split, "excluded"),
         },
         index=pd.Index(a.obs_names, name="cell"),
-    )
-    cells.to_csv(d / "qc/cells.tsv.gz", sep="\t")
+    ).to_csv(d / "qc/cells.tsv.gz", sep="\t")
     genes = pd.DataFrame({"gene": a.var_names, "n_cells": (a.X > 0).sum(axis=0).A1, "kept": True})
     genes.loc[0, "kept"] = False
     genes.to_csv(d / "qc/genes.tsv.gz", sep="\t", index=False)
     pd.DataFrame(
         {
-            "step": ["input cells", "cells: min_genes", "genes: min_cells"],
-            "removed": [0, 7, 1],
-            "left": [a.n_obs, kept.sum(), a.n_vars - 1],
+            "step": ["input cells", "cells: dropped label", "cells: min_genes", "genes: min_cells"],
+            "removed": [0, 5, 7, 1],
+            "left": [a.n_obs, a.n_obs - 5, kept.sum(), a.n_vars - 1],
         }
     ).to_csv(d / "qc/summary.tsv", sep="\t", index=False)
-    fig = Figure(figsize=(3, 2))
-    fig.add_subplot().hist(cells["n_genes"])
-    fig.savefig(d / "qc/qc.png")
     (d / "vocab/report.tsv").write_text(
         f"what\tn\ngenes via symbol\t{a.n_vars - 2}\ngenes via unmapped\t1\n"
         f"genes in dataset\t{a.n_vars - 1}\n# unmapped genes (1): FAM84A\n"
     )
-
     x = a[kept, genes.loc[genes.kept, "gene"].to_numpy()].copy()
     x.obs = pd.DataFrame(
-        {
-            "celler_label": labels[kept],
-            "celler_batch": cells["batch"].to_numpy()[kept],
-            "celler_split": split[kept],
-        },
-        index=x.obs_names,
+        {"celler_label": labels[kept], "celler_batch": "wang", "celler_split": split[kept]}, index=x.obs_names
     )
     x.write_h5ad(d / "expr.h5ad")
 
-    classes = sorted(np.unique(labels))
-    train = pd.Series(labels[kept & (split == "train")]).value_counts().reindex(classes, fill_value=0)
+    level_names = ["subclass", "parent"] if two_levels else ["subclass"]
+    truth = {"subclass": labels, "parent": parents}
+    classes = {lv: sorted(np.unique(truth[lv][kept])) for lv in level_names}
+    train = {
+        lv: pd.Series(truth[lv][kept & (split == "train")]).value_counts().reindex(classes[lv], fill_value=0)
+        for lv in level_names
+    }
     (d / "model/labels.json").write_text(
         json.dumps(
             {
-                "levels": {"subclass": classes},
-                "class_counts": {"subclass": train.astype(int).tolist()},
-                "subclass_to_parent": {},
+                "levels": classes,
+                "class_counts": {lv: train[lv].astype(int).tolist() for lv in level_names},
+                "subclass_to_parent": PARENT if two_levels else {},
             }
         )
     )
+    val_f1 = [0.3, 0.5, 0.72, 0.7, 0.72]
     pd.DataFrame(
         {
             "stage": "main",
             "epoch": range(5),
             "train_loss": [2.0, 1.4, 1.0, 0.8, 0.7],
-            "val_macro_f1_subclass": [0.3, 0.5, 0.6, 0.7, 0.72],
+            "val_macro_f1_subclass": val_f1,
         }
     ).to_csv(d / "model/train_log.csv", index=False)
+    (d / "model/config.json").write_text(
+        json.dumps(
+            {
+                "finetune": {
+                    "preset": "tiny",
+                    "loss": "ginf+hdm",
+                    "seed": 0,
+                    "readout": "profile",
+                    "gene_selection": "top",
+                },
+                "chosen": {
+                    "loss": "ginf+hdm",
+                    "loss_params": {"sigma": 0.33},
+                    "val_macro_f1": 0.72,
+                    "n_train": 300,
+                    "n_val": 30,
+                },
+            }
+        )
+    )
+    (d / "model/calibration.json").write_text(
+        json.dumps({"subclass": {"temperature": 1.2, "threshold": 0.85}})
+    )
     (root / "pretrain/model").mkdir(parents=True, exist_ok=True)
+    short = np.arange(1, 101) % 9 == 0  # batches of short cells: the loss spikes
     pd.DataFrame(
         {
-            "step": range(1, 51),
+            "step": range(1, 101),
             "epoch": 0,
-            "loss": np.linspace(4, 1.2, 50) + rng.normal(0, 0.1, 50),
             "lr": 1e-3,
+            "cells_per_s": 300.0,
+            "loss": np.where(short, 3.9, np.linspace(3, 1.1, 100)) + rng.normal(0, 0.05, 100),
+            "tokens_per_s": np.where(short, 300.0 * 80, 300.0 * 190),
         }
     ).to_csv(root / "pretrain/model/train_log.csv", index=False)
+    (root / "pretrain/model/config.json").write_text(
+        json.dumps(
+            {
+                "model": {"n_bins": 51, "n_layers": 2, "d_model": 64},
+                "steps": 100,
+                "n_cells": 1000,
+                "final_loss": 1.1,
+            }
+        )
+    )
+    (root / "benchmarks/finetune").mkdir(parents=True, exist_ok=True)
+    (root / "benchmarks/finetune" / f"{tissue}.tsv").write_text("s\th:m:s\n12.5\t0:00:12\n")
 
     test = kept & (split == "test")
-    test_cells, true = a.obs_names[test].to_numpy(), labels[test]
-    pred_table, metrics, per_class = _scores(test_cells, true, _predict(true, classes, rng, 0.8), train)
-    pred_table.assign(confidence=0.9).to_csv(d / "celler/predictions.tsv", sep="\t", index=False)
-    pd.DataFrame([metrics]).to_csv(d / "celler/metrics.tsv", sep="\t", index=False)
-    per_class.to_csv(d / "celler/per_class.tsv", sep="\t", index=False)
+    test_cells = a.obs_names[test].to_numpy()
+    preds, metrics, per_class = [], [], []
+    for lv in level_names:
+        t, m, pc = _scores(
+            test_cells, truth[lv][test], _predict(truth[lv][test], classes[lv], rng, 0.8), train[lv], lv
+        )
+        preds.append(t.assign(confidence=rng.uniform(0.5, 1.0, len(t))))
+        metrics.append(m)
+        per_class.append(pc)
+    pd.concat(preds).to_csv(d / "celler/predictions.tsv", sep="\t", index=False)
+    pd.DataFrame(metrics).to_csv(d / "celler/metrics.tsv", sep="\t", index=False)
+    pd.concat(per_class).to_csv(d / "celler/per_class.tsv", sep="\t", index=False)
     dense = a[test].X.toarray()
     u, s, _ = np.linalg.svd(dense - dense.mean(axis=0), full_matrices=False)
     np.savez(d / "celler/embeddings.npz", cells=test_cells.astype(str), embedding=(u[:, :16] * s[:16]))
@@ -145,9 +203,16 @@ def make_results(root: Path, tissue: str = "pancreas", *, evaluation: bool = Fal
         rows, pcs = [], []
         for method, acc in [("knn", 0.6), ("celler", 0.8), ("logreg", 0.85)]:
             for seed in (0, 1):
-                _, m, pc = _scores(test_cells, true, _predict(true, classes, rng, acc), train)
-                rows.append({"method": method, "seed": seed} | m)
-                pcs.append(pc.assign(method=method, seed=seed))
+                for lv in level_names:
+                    _, m, pc = _scores(
+                        test_cells,
+                        truth[lv][test],
+                        _predict(truth[lv][test], classes[lv], rng, acc),
+                        train[lv],
+                        lv,
+                    )
+                    rows.append({"method": method, "imbalance": "natural", "seed": seed} | m)
+                    pcs.append(pc.assign(method=method, imbalance="natural", seed=seed))
         (d / "evaluation").mkdir()
         pd.DataFrame(rows).drop(columns=["n_closed", "n_open"]).to_csv(
             d / "evaluation/metrics.tsv", sep="\t", index=False
@@ -156,55 +221,144 @@ def make_results(root: Path, tissue: str = "pancreas", *, evaluation: bool = Fal
     return root
 
 
-@pytest.fixture(scope="module")
-def full_report(tmp_path_factory):
-    """A pancreas report with baselines, known markers and pretraining curves."""
-    root = make_results(tmp_path_factory.mktemp("results"), evaluation=True)
-    html = build_tissue_report(
-        "pancreas",
+def _build(root: Path, tissue: str, **kw) -> Path:
+    return build_tissue_report(
+        tissue,
         root,
-        root / "pancreas/report.html",
+        root / tissue / "report.html",
         marker_tissue="Pancreas",
         markers_dir=MARKERS_DIR,
         pretrain_log=root / "pretrain/model/train_log.csv",
+        **kw,
     )
-    return root, html
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """Two tissue reports with baselines, known markers and pretraining curves ('islets': two label levels),
+    and the index page."""
+    root = make_results(tmp_path_factory.mktemp("results"), evaluation=True)
+    make_results(root, "islets", evaluation=True, two_levels=True)
+    pages = {
+        t: _build(root, t, qc_thresholds={"min_genes": 20, "min_counts": 500}) for t in ("pancreas", "islets")
+    }
+    index = build_index(["pancreas", "islets", "kidney"], root / "report_index.html")
+    return root, pages, index
 
 
 # ---------------------------------------------------------------------------------------------- content
 
 
-def test_tissue_report_figures_and_content(full_report):
-    root, html_path = full_report
-    html = html_path.read_text()
+def test_tissue_report_figures_and_content(reports):
+    root, pages, _ = reports
+    html = pages["pancreas"].read_text()
     for name in FIGURES:
-        png = root / "pancreas/figures" / f"{name}.png"
-        assert png.exists(), name
-        assert png.stat().st_size > 5000, name
+        assert (root / "pancreas/figures" / f"{name}.png").stat().st_size > 5000, name
         assert f'alt="{FIGURES[name]}"' in html
-    for section in ("data", "training", "results", "embeddings", "markers"):
+    for section in ("summary", "data", "training", "results", "embeddings", "markers", "provenance"):
         assert f'id="{section}"' in html
-    for text in ("cells before QC", "Vocabulary coverage", "FAM84A"):
-        assert text in html
-    assert "wang_a" in html  # batches table
-    for method in ("celler", "logreg", "knn"):
-        assert f'<td class="txt">{method}</td>' in html
-    assert "mean ± std over seeds" in html
-    assert "Known markers used" in html
-    assert "PanglaoDB" in html
-    assert re.search(r"<td[^>]*>[^<]*PanglaoDB", html)  # a source in the known-markers table, not just the note
+        assert f'href="#{section}"' in html
+    for text in (
+        "cells before QC",
+        "Vocabulary coverage",
+        "FAM84A",
+        "wang_a",
+        "Known markers of tissue 'Pancreas'",
+        "Fine-tuning kept epoch 5",
+        "batches of short cells",
+        "Mean ± std over 2 seeds",
+        "clean by construction",
+    ):
+        assert text in unescape(html), text
     assert "No pretraining log" not in html
+    assert "position:sticky" in html  # the section navigation stays visible
+    assert 'href="../report_index.html"' in html  # back to the index
 
 
-def test_tissue_report_is_self_contained(full_report):
-    _, html_path = full_report
-    html = html_path.read_text()
+def test_metric_table_highlights_celler(reports):
+    _, pages, _ = reports
+    html = pages["pancreas"].read_text()
+    rows = re.findall(r"<tr( class=\"celler\")?><td>subclass</td><td class=\"txt\">([^<]+)</td>", html)
+    assert [m for _, m in rows] == ["Celler", "logreg", "knn"]  # Celler first
+    assert [bool(c) for c, _ in rows] == [True, False, False]
+    assert "± " in html
+
+
+def test_tissue_report_is_self_contained(reports):
+    _, pages, _ = reports
+    html = pages["pancreas"].read_text()
     assert "<script" not in html.lower()
-    srcs = re.findall(r'(?:src|href)="([^"#][^"]*)"', html)
-    assert srcs, "no embedded images"
-    assert all(s.startswith("data:image/png;base64,") for s in srcs), [s[:40] for s in srcs]
-    assert len(srcs) == len(FIGURES) + 1  # the figures and the QC plot
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) == len(FIGURES)
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    links = [h for h in re.findall(r'href="([^"#][^"]*)"', html)]
+    assert links == ["../report_index.html"]  # the only link out: the index page
     assert not re.search(r"url\(|@import|https?://", html)
+
+
+def test_known_markers_are_confirmed_or_say_why_not(reports):
+    root, pages, _ = reports
+    html = pages["pancreas"].read_text()
+    assert "Known markers absent from this dataset's gene panel" in html
+    assert re.search(r"alpha: [^<]*GCG", html)  # the alpha-cell hormone is not among Wang's 219 genes
+    assert "not enriched here (highest in)" in html
+    assert "Ribosomal-protein and mitochondrial genes are left out" in html
+
+
+def test_both_dot_plots_share_the_training_gene_panel(reports):
+    """The predicted-label plot uses the genes chosen from the training cells' true labels, whatever the
+    predictions are; both plots have the same columns and rows, rows labelled with their cell counts."""
+    root, _, _ = reports
+    inp = load_tissue("pancreas", root, None, evaluation=False)
+    known = mk.known_markers(inp.order(), mk.load_marker_tables(MARKERS_DIR), None, tissue="Pancreas", n=None)
+    figs, facts = tissue_figures(inp, known=known, qc_thresholds=None, rare_fraction=0.03)
+    ticks = {
+        by: [t.get_text() for t in figs[f"dotplot_{by}"].axes[0].get_xticklabels()]
+        for by in ("true", "predicted")
+    }
+    assert ticks["true"] == ticks["predicted"]
+    assert ticks["true"]
+    train = inp.adata[inp.adata.obs["celler_split"] == "train"]
+    panel = facts["panel"]
+    n_ranked = (panel.genes["source"] == "data").groupby(panel.genes["marker_of"]).size().max()
+    alone = mk.marker_panel(train, "celler_label", order=inp.order(), n_ranked=n_ranked, n_known=0)
+    data_genes = panel.genes.loc[panel.genes["source"] == "data", "gene"]
+    assert set(data_genes) <= set(alone.gene_list) | set(panel.genes.loc[panel.genes["known"], "gene"])
+    rows = {
+        by: [t.get_text() for t in figs[f"dotplot_{by}"].axes[0].get_yticklabels()]
+        for by in ("true", "predicted")
+    }
+    assert [r.split(" (")[0] for r in rows["true"]] == [r.split(" (")[0] for r in rows["predicted"]]
+    pred = inp.predictions_at()
+    assert f"beta ({int((pred['predicted'] == 'beta').sum()):,})" in rows["predicted"]
+    assert f"beta ({int((pred['true'] == 'beta').sum()):,})" in rows["true"]
+
+
+def test_two_level_tissue_shows_both_levels(reports):
+    root, pages, _ = reports
+    html = pages["islets"].read_text()
+    assert html.count('<td class="txt">parent</td>') >= 1  # the summary has a parent row
+    inp = load_tissue("islets", root, None, evaluation=True)
+    figs, _ = tissue_figures(inp, known=None, qc_thresholds=None, rare_fraction=0.03)
+    titles = [
+        a.get_title()
+        for a in figs["confusion"].findobj(lambda a: hasattr(a, "get_images") and a.get_images())
+    ]
+    assert titles == ["Celler confusion matrix (subclass)", "Celler confusion matrix (parent)"]
+
+
+def test_qc_and_confidence_facts_on_the_page(reports):
+    root, pages, _ = reports
+    html = pages["pancreas"].read_text()
+    pred = pd.read_csv(root / "pancreas/celler/predictions.tsv", sep="\t")
+    pred = pred[pred["level"] == "subclass"]
+    share = (pred["confidence"] < 0.85).mean()  # calibration.json: threshold 0.85
+    assert f"({share:.1%}) Unassigned" in html
+    assert "stored threshold 0.850" in html
+    assert "ginf+hdm" in html
+    assert "12.5" in html
+    for package in ("torch", "scanpy", "anndata"):
+        assert f"<td>{package}</td>" in html
 
 
 def test_tissue_report_without_evaluation_shows_celler_only(tmp_path):
@@ -212,8 +366,12 @@ def test_tissue_report_without_evaluation_shows_celler_only(tmp_path):
     (root / "pretrain").rename(tmp_path / "unused")
     html = build_tissue_report("pancreas", root, tmp_path / "out/report.html", rare_fraction=0.05).read_text()
     assert "Celler only" in html
-    assert "below 5% of the training cells" in html and "(5% of the training cells)" in html  # the configured cut
-    assert "3%" not in html
+    assert "No baseline evaluation in this run" in html
+    assert "below 5% of the training cells" in html
+    assert "(5% of the training cells)" in html
+    assert not re.search(r"(?<![\d.])3%", html)
+    assert "One seed, so no spread is shown" in html
+    assert not re.search(r"<td[^>]*>[\d.]+ ± ", html)
     assert '<td class="txt">logreg</td>' not in html
     assert "No <code>marker_tissue</code>" in html
     assert "No pretraining log" in html
@@ -227,47 +385,105 @@ def test_tissue_report_missing_input_names_the_file(tmp_path):
         build_tissue_report("pancreas", root, tmp_path / "report.html")
 
 
-def test_index_links_reports(full_report):
-    root, _ = full_report
-    index = build_index(["pancreas", "kidney"], root / "report_index.html").read_text()
-    assert 'href="pancreas/report.html"' in index
-    assert "kidney</a> (not built)" in index
-    f1 = pd.read_csv(root / "pancreas/celler/metrics.tsv", sep="\t")["macro_f1"].iloc[0]
-    assert f"{f1:.3f}" in index
-    assert "<script" not in index
+# ------------------------------------------------------------------------------------------------ index
+
+
+def _index_rows(html: str) -> list[list[str]]:
+    body = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [
+        [unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r)]
+        for r in re.findall(r"<tr>(.*?)</tr>", body)
+    ]
+
+
+def test_index_summary_equals_the_evaluation_tables(reports):
+    """Per tissue and level: Celler's mean over seeds, the best baseline's and the difference, as in
+    evaluation/metrics.tsv; coloured by who wins; one sentence; links and a missing report named."""
+    root, _, index = reports
+    html = index.read_text()
+    rows = _index_rows(html)
+    assert [(r[0], r[1]) for r in rows] == [
+        ("pancreas", "subclass"),
+        ("islets", "subclass"),
+        ("islets", "parent"),
+    ]
+    for r in rows:
+        ev = pd.read_csv(root / r[0] / "evaluation/metrics.tsv", sep="\t")
+        means = ev[ev["level"] == r[1]].groupby("method")[["macro_f1", "rare_recall"]].mean()
+        for i, m in ((2, "macro_f1"), (6, "rare_recall")):
+            others = means.drop(index="celler")[m].dropna()
+            if others.empty:  # no rare class in this level's test cells
+                assert r[i + 1] == "–"
+                continue
+            assert r[i] == f"{means.loc['celler', m]:.3f}"
+            assert (r[i + 1], r[i + 2]) == (f"{others.max():.3f}", others.idxmax())
+            assert r[i + 3] == f"{means.loc['celler', m] - others.max():+.3f}".replace("-", "−")
+    first = html.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    ev = pd.read_csv(root / "pancreas/evaluation/metrics.tsv", sep="\t")
+    means = ev[ev["level"] == "subclass"].groupby("method")["macro_f1"].mean()
+    delta = means["celler"] - means.drop(index="celler").max()
+    kind = "level" if abs(delta) < 0.01 else "ahead" if delta > 0 else "behind"
+    assert re.findall(r'<td class="(ahead|behind|level)">', first)[0] == kind
+    headline = unescape(re.search(r'<p class="headline">(.*?)</p>', html).group(1))
+    assert headline.startswith("Against the best baseline, Celler's macro-F1 is")
+    assert "of 2 tissues" in headline
+    for tissue in (
+        "pancreas",
+        "islets",
+    ):  # each tissue where Celler is not level is named with its difference
+        ev = pd.read_csv(root / tissue / "evaluation/metrics.tsv", sep="\t")
+        means = ev[ev["level"] == "subclass"].groupby("method")["macro_f1"].mean()
+        d = means["celler"] - means.drop(index="celler").max()
+        assert (f"{tissue} {d:+.3f}".replace("-", "−") in headline) == (abs(d) >= 0.01)
+    assert 'href="pancreas/report.html"' in html
+    assert "kidney</a> (not built)" in html
+    assert "<script" not in html
 
 
 # ---------------------------------------------------------------------------------------------- browser
 
 
-# Appended to a copy of the report: after the page has loaded, write what the browser made of it into the DOM
-# that --dump-dom prints. The report itself has no script (test_index_links_reports checks the index page).
+# Appended to a copy of a page: after it has loaded, write what the browser made of it into the DOM that
+# --dump-dom prints. The pages themselves have no script (test_tissue_report_is_self_contained).
 PROBE = """<script>
 window.celler_errors = [];
 window.addEventListener("error", e => window.celler_errors.push(String(e.message)));
 window.addEventListener("load", () => {
   const imgs = [...document.images];
   const root = document.documentElement;
+  const nav = document.querySelector("nav");
   const probe = document.createElement("pre");
   probe.id = "celler-probe";
   probe.textContent = JSON.stringify({
     images: imgs.length,
     broken: imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt),
+    shrunk: imgs.filter(i => i.getAttribute("width") && i.width < +i.getAttribute("width")).map(i => i.alt),
     scroll_width: root.scrollWidth,
     client_width: root.clientWidth,
+    nav: nav ? getComputedStyle(nav).position : null,
     errors: window.celler_errors,
   });
   document.body.appendChild(probe);
 });
 </script>"""
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
-                  "--window-size=1400,4000"]
+WIDTH = 1280  # a laptop window: every figure must fit it at its printed size
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--hide-scrollbars",
+    f"--window-size={WIDTH},6000",
+]
 
 
 def _chromium(*args, cwd) -> subprocess.CompletedProcess:
-    run = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *args], capture_output=True, text=True, timeout=120,
-                         cwd=cwd)
+    run = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
     assert run.returncode == 0, f"chromium exited {run.returncode}: {run.stderr[-2000:]}"
     console = [ln for ln in run.stderr.splitlines() if "INFO:CONSOLE" in ln]
     assert console == [], console
@@ -282,24 +498,37 @@ def chromium():
 
 
 @pytest.mark.browser
-def test_report_renders_in_headless_chromium(chromium, full_report, tmp_path):
-    _, html_path = full_report
-    html = html_path.read_text()
-    probe_page = tmp_path / "report_probe.html"  # the report is self-contained: it can move
-    probe_page.write_text(html.replace("</body>", PROBE + "</body>"))
-    dom = _chromium("--dump-dom", probe_page.resolve().as_uri(), cwd=tmp_path).stdout
-    found = re.search(r'<pre id="celler-probe">(.*?)</pre>', dom, re.S)
-    assert found, f"the probe script did not run: {dom[-500:]}"
-    result = json.loads(unescape(found.group(1)))
-    assert result["images"] == html.count("<img") >= len(FIGURES), result
-    assert result["broken"] == [], result  # every embedded figure decodes
-    assert result["scroll_width"] <= result["client_width"], result  # nothing wider than the window
-    assert result["errors"] == [], result
-
-    shot = tmp_path / "report_pancreas.png"  # copied to $CELLER_TEST_ARTIFACTS (.ci/run: ci-artifacts/)
-    _chromium(f"--screenshot={shot}", html_path.resolve().as_uri(), cwd=tmp_path)
-    assert shot.exists() and shot.stat().st_size > 50_000  # a rendered page, not a blank one
+def test_reports_render_in_headless_chromium(chromium, reports, tmp_path):
+    """Every tissue page and the index: each image decodes and fits the window at its printed size, nothing
+    is wider than the window, the tissue pages' navigation is sticky; a screenshot of each is kept
+    ($CELLER_TEST_ARTIFACTS, .ci/run: ci-artifacts/)."""
+    _, pages, index = reports
     artefacts = os.environ.get("CELLER_TEST_ARTIFACTS")
-    if artefacts:
-        Path(artefacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(artefacts) / shot.name)
+    for name, path in {**pages, "index": index}.items():
+        html = path.read_text()
+        probe_page = path.parent / f"probe_{path.name}"  # beside the page: its links resolve the same
+        probe_page.write_text(html.replace("</body>", PROBE + "</body>"))
+        dom = _chromium("--dump-dom", probe_page.resolve().as_uri(), cwd=tmp_path).stdout
+        probe_page.unlink()
+        found = re.search(r'<pre id="celler-probe">(.*?)</pre>', dom, re.S)
+        assert found, f"{name}: the probe script did not run: {dom[-500:]}"
+        result = json.loads(unescape(found.group(1)))
+        assert result["images"] == html.count("<img"), (name, result)
+        if name != "index":
+            assert result["images"] == len(FIGURES), (name, result)
+            assert result["nav"] == "sticky", (name, result)
+        assert result["broken"] == [], (name, result)  # every embedded figure decodes
+        assert result["shrunk"] == [], (name, result)  # and none had to be scaled down to fit
+        assert result["scroll_width"] <= result["client_width"], (
+            name,
+            result,
+        )  # nothing wider than the window
+        assert result["errors"] == [], (name, result)
+        shot = tmp_path / f"report_{name}.png"
+        _chromium(f"--screenshot={shot}", path.resolve().as_uri(), cwd=tmp_path)
+        assert shot.stat().st_size > (
+            50_000 if name != "index" else 10_000
+        )  # a rendered page, not a blank one
+        if artefacts:
+            Path(artefacts).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(artefacts) / shot.name)

@@ -1,6 +1,7 @@
 """The Snakemake workflow on the test config (real data), run in a scratch directory."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_finetune_and_evaluation_outputs(tokenized):
         assert set(pred.columns) == {"cell", "split", "level", "true", "predicted", "confidence"}
         assert set(pred.split) == {"test"}
         metrics = pd.read_csv(wd / f"results/{tissue}/evaluation/metrics.tsv", sep="\t")
-        assert set(metrics.method) == {"celler", "logreg", "knn"}
+        assert set(metrics.method) == {"celler", "logreg", "logreg_balanced", "knn"}
         # every method is scored on the same test cells
         assert metrics.groupby("method")["n_closed"].first().nunique() == 1
         # a quality floor on the test config's short training: far above chance (a uniform guess scores about
@@ -146,9 +147,15 @@ def test_snakemake_report(tokenized):
     proc = snakemake(tokenized, "--report", "report.html", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tokenized / "report.html").read_text()
-    for category in ("3. Celler", "5. Annotation"):  # rule outputs marked report(...) with these categories
-        assert category in html, category
-    assert "pancreas_xin_scclassify.markers.png" in html
+    found = re.search(r"var categories = (\{.*?\});\n", html)
+    categories = json.loads(found.group(1))  # category -> subcategory -> files
+    assert sorted(categories) == ["1. Data", "2. Celler", "3. Evaluation", "4. Reports", "5. Annotation"]
+    assert all("Other" not in subs for subs in categories.values())  # every output has a subcategory
+    files = [f for subs in categories.values() for fs in subs.values() for f in fs]
+    assert "results/annotate/pancreas/pancreas_xin_scclassify.markers.png" in files
+    assert "results/report_index.html" in files  # the cross-tissue summary
+    assert "results/pancreas/report.html" not in files  # not the tissue pages: they embed every figure again
+    assert len(files) == len(set(files))
 
 
 def test_pretrain_rule_resumes_from_its_work_folder(tokenized, monkeypatch):

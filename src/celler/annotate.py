@@ -27,8 +27,10 @@ directory (nothing else from the workflow is needed):
    on CPU or GPU; at most the training ``max_len`` tokens per cell, as in training.
 5. **Confidence.** ``softmax(logits / T)`` with the temperature ``T`` from ``calibration.json`` (per label
    level, written at the end of fine-tuning, see :mod:`celler.calibration`); cells whose top probability
-   is below the level's threshold are ``Unassigned``, and so is a cell with none of the model's genes.
-   ``threshold=`` overrides the stored one (0 assigns every cell that has any of the model's genes).
+   is below the threshold of its predicted class are ``Unassigned`` (per-class thresholds, so a rare class
+   called with less confidence keeps its right calls; see :mod:`celler.calibration`), and so is a cell
+   with none of the model's genes. ``threshold=`` replaces them all by one cut (0 assigns every cell that
+   has any of the model's genes).
    Without a ``calibration.json`` the default is ``T = 1`` and threshold
    :data:`celler.calibration.DEFAULT_THRESHOLD` (0.5).
 6. **Majority voting** (optional, as CellTypist): the cells are over-clustered (Leiden on a neighbour graph
@@ -53,7 +55,7 @@ import pandas as pd
 import torch
 
 from celler import __version__
-from celler.calibration import DEFAULT_THRESHOLD
+from celler.calibration import DEFAULT_THRESHOLD, unassigned
 from celler.errors import CellerError
 from celler.io import read_json
 
@@ -96,7 +98,8 @@ class TrainedModel:
         elif level != "subclass":
             cal = {}
         return {"temperature": float(cal.get("temperature", 1.0)),
-                "threshold": float(cal.get("threshold", DEFAULT_THRESHOLD)), "calibrated": bool(cal)}
+                "threshold": float(cal.get("threshold", DEFAULT_THRESHOLD)), "calibrated": bool(cal),
+                "class_thresholds": dict(cal.get("class_thresholds") or {})}
 
     def __repr__(self) -> str:
         c = self.classifier.encoder.config
@@ -570,14 +573,15 @@ def _assemble(model: TrainedModel, cells, logits, emb, n_genes, *, threshold, to
     probs = {}
     for level in levels:
         cal = model.level_calibration(level)
-        t = cal["threshold"] if threshold is None else float(threshold)
+        rule = cal if threshold is None else {"threshold": float(threshold)}  # --threshold: one cut for all
+        t = rule["threshold"]
         prob = torch.softmax(logits[level].float() / cal["temperature"], dim=1).numpy()
         probs[level] = prob
         classes = np.asarray(levels[level], dtype=object)
         top = np.argmax(prob, axis=1)
         conf = prob[np.arange(len(prob)), top]
         label = classes[top].copy()
-        label[(conf < t) | no_genes] = UNASSIGNED
+        label[unassigned(rule, label, conf) | no_genes] = UNASSIGNED
         if level == "subclass":
             table["label"] = label
             table["confidence"] = conf.astype(np.float32)
@@ -587,6 +591,7 @@ def _assemble(model: TrainedModel, cells, logits, emb, n_genes, *, threshold, to
                 table[f"top{j + 1}_label"] = classes[rank[:, j]]
                 table[f"top{j + 1}_prob"] = prob[np.arange(len(prob)), rank[:, j]].astype(np.float32)
             info.update({"threshold": t, "temperature": cal["temperature"], "calibrated": cal["calibrated"],
+                         "class_thresholds": rule.get("class_thresholds", {}),
                          "threshold_source": "given" if threshold is not None else (
                              "calibration.json" if cal["calibrated"] else "default")})
         else:
@@ -717,8 +722,9 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
 def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: int = 20_000,
                    matrix: str = "X", title: str = "", seed: int = 0) -> None:
     """A dot plot of the predicted types' top marker genes, drawn as the tissue reports draw theirs
-    (:mod:`celler.markers`, :func:`celler.plots.marker_dotplot`): rows types, columns genes. Types with fewer
-    than 3 cells are left out (``Unassigned`` / ``Heterogeneous`` last); at most ``max_cells`` cells are used."""
+    (:func:`celler.markers.marker_panel`, :func:`celler.plots.marker_dotplot`; ribosomal and mitochondrial genes
+    left out): rows types, columns genes. Types with fewer than 3 cells are left out (``Unassigned`` /
+    ``Heterogeneous`` last); at most ``max_cells`` cells are used."""
     import anndata as ad
     import scanpy as sc
 
@@ -743,10 +749,9 @@ def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: 
     title = title or "markers of the predicted types"
     if len(groups) >= 2:
         a = a[a.obs["group"].isin(groups)].copy()
-        ranked = mk.ranked_markers(a, "group", n=n_markers)
-        chosen = mk.combine_markers(groups, ranked, pd.DataFrame(columns=["label", "gene"]))
-        fig = plots.marker_dotplot(mk.dot_table(a, "group", chosen["gene"].tolist(), order=groups),
-                                   markers=chosen, title=title)
+        panel = mk.marker_panel(a, "group", order=groups, n_ranked=n_markers, n_known=0)
+        fig = plots.marker_dotplot(mk.dot_table(a, "group", panel.gene_list, order=groups), markers=panel.genes,
+                                   title=title)
     else:
         fig = plots.empty_figure("fewer than two predicted types with 3+ cells: no markers to compare")
     plots.save_figure(fig, path)

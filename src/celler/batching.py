@@ -10,7 +10,9 @@ profile, uncut, for a readout that sees every gene (:class:`celler.model.Profile
 leaves the token sequence at ``<cls>`` alone, for a readout that reads the profile only. For pretraining,
 ``mask_ratio`` of the gene values are hidden: each becomes the ``<mask>`` value id (``n_bins``, the extra
 row of the value embedding) and its bin becomes the target; every other position has target -100.
-``<cls>`` and ``<pad>`` are never masked and a cell with genes always has at least one masked value.
+``<cls>`` and ``<pad>`` are never masked and a cell with genes always has at least one masked value. With a
+profile too, ``profile_hidden`` marks the same share of its profile genes, left out of the cell-level
+objective's input (:meth:`celler.model.MaskedValueModel.profile_loss`).
 
 All randomness of an item comes from ``numpy.random.default_rng((seed, epoch, cell index))``, so a cell
 looks the same for a given seed and epoch whatever the process, worker or rank that reads it; that is
@@ -116,6 +118,8 @@ class CellDataset(Dataset):
         if self.mask_ratio > 0 and n > 0:
             pos = 1 + rng.choice(n, max(1, round(self.mask_ratio * n)), replace=False)  # never position 0
             t[pos], v[pos] = v[pos], self.mask_id
+        if profile and self.mask_ratio > 0:  # the cell-level objective: these genes are left out of its input
+            profile["profile_hidden"] = rng.random(len(profile["profile_genes"])) < self.mask_ratio
         return {"index": idx, "genes": g, "values": v, "targets": t, **profile}
 
 
@@ -145,6 +149,8 @@ def collate(items: list[dict], *, pad_id: int) -> dict[str, torch.Tensor]:
         out["profile_genes"] = torch.from_numpy(np.concatenate([it["profile_genes"] for it in items]))
         out["profile_values"] = torch.from_numpy(np.concatenate([it["profile_values"] for it in items]))
         out["profile_offsets"] = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
+    if "profile_hidden" in items[0]:
+        out["profile_hidden"] = torch.from_numpy(np.concatenate([it["profile_hidden"] for it in items]))
     return out
 
 

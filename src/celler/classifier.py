@@ -52,10 +52,13 @@ class CellClassifier(nn.Module):
     The cell embedding the heads read is ``readout``: ``cls`` (the encoder's output at ``<cls>``), ``mean``
     (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene), or
     several joined by '+' (concatenated). ``genes``: the token ids a cell is restricted to (highly variable
-    genes), or None; kept with the model so that annotation reads cells as training did.
+    genes), or None; kept with the model so that annotation reads cells as training did. ``cosine_scale``:
+    cosine heads (``loss: gcl``). ``logit_bias``: per level, a vector added to the logits in eval mode only
+    (the post-hoc logit adjustment τ′·log N_j chosen on the validation cells); training sees raw logits.
     """
 
-    def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = "cls", genes=None):
+    def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = "cls", genes=None,
+                 cosine_scale: float | None = None):
         super().__init__()
         parts = readout.split("+")
         if not parts or any(p not in READOUTS for p in parts) or len(set(parts)) != len(parts):
@@ -67,7 +70,11 @@ class CellClassifier(nn.Module):
         self.levels = {k: list(v) for k, v in levels.items()}
         self.profile = ProfileEncoder(encoder.config) if "profile" in parts else None
         d_in = encoder.config.d_model * len(parts)
-        self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v), d_in) for k, v in levels.items()})
+        self.cosine_scale = cosine_scale
+        self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v), d_in, cosine_scale=cosine_scale)
+                                    for k, v in levels.items()})
+        self.logit_bias: dict[str, torch.Tensor] = {}  # level -> (C,), applied in eval mode
+        self.calibration: dict = {}  # level -> calibration.json entry (temperature, thresholds), once fitted
         self.view_dropout = 0.0  # training only: share of cells whose encoder views are zeroed (set by finetune)
 
     @property
@@ -96,7 +103,11 @@ class CellClassifier(nn.Module):
 
     def forward(self, genes, values, padding_mask=None, profile=None, *, embedding=None):
         emb = self.embed(genes, values, padding_mask, profile) if embedding is None else embedding
-        return {k: head(emb)[0] for k, head in self.heads.items()}, emb  # logits per level, (B, d)
+        logits = {k: head(emb)[0] for k, head in self.heads.items()}
+        if not self.training:
+            for k, bias in self.logit_bias.items():
+                logits[k] = logits[k] + bias.to(logits[k])
+        return logits, emb  # logits per level, (B, d)
 
 
 def pick_device(name: str) -> torch.device:
@@ -177,7 +188,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         torch.save({"format_version": CLASSIFIER_FORMAT_VERSION, "celler_version": __version__,
                     "model_config": asdict(model.encoder.config), "levels": model.levels,
                     "readout": model.readout, "selected_genes": None if model.selected_genes is None
-                    else model.selected_genes.tolist(),
+                    else model.selected_genes.tolist(), "cosine_scale": model.cosine_scale,
+                    "logit_bias": {k: v.tolist() for k, v in model.logit_bias.items()},
                     "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp / "model.pt")
         (tmp / "labels.json").write_text(json.dumps({
             "levels": model.levels, "class_counts": info["class_counts"], "subclass_to_parent": sub_to_parent},
@@ -185,7 +197,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         (tmp / "config.json").write_text(json.dumps({
             "celler_version": __version__, "finetune": asdict(cfg), "pretrained": str(pretrained) if pretrained else None,
             "token_store": str(store.path), "chosen": {k: info[k] for k in ("loss", "loss_params", "val_macro_f1",
-                                                                           "n_train", "n_val")}}, indent=1,
+                                                                           "n_train", "n_val", "candidates",
+                                                                           "posthoc") if k in info}}, indent=1,
             default=str))
         shutil.copy(store.path / "vocab.json", tmp / "vocab.json")
         vocab = store.vocab()
@@ -220,29 +233,49 @@ def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, 
         raise CellerError(msg)
     try:
         model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"],
-                               readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"))
+                               readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"),
+                               cosine_scale=blob.get("cosine_scale"))
         model.load_state_dict(blob["state_dict"])
+        model.logit_bias = {k: torch.tensor(v, dtype=torch.float32) for k, v in
+                            (blob.get("logit_bias") or {}).items()}
+        for k, v in model.logit_bias.items():
+            if v.shape != (len(model.levels[k]),):
+                msg = f"logit_bias of level {k!r} has {tuple(v.shape)} entries for {len(model.levels[k])} classes"
+                raise ValueError(msg)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing entries, mismatched weights
         msg = (f"{d / 'model.pt'}: incomplete or inconsistent model ({type(e).__name__}: "
                f"{str(e).splitlines()[0][:120] if str(e) else ''}); copy it again or re-train")
         raise CellerError(msg) from e
+    if (d / "calibration.json").exists():
+        model.calibration = read_json(d / "calibration.json")
     return model.to(device).eval(), read_json(d / "labels.json")
 
 
 def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.DataFrame, np.ndarray]:
-    """The common predictions layout (cell, split, level, true, predicted, confidence) and the embeddings."""
+    """The common predictions layout (cell, split, level, true, predicted, confidence) and the embeddings.
+
+    With a fitted calibration, ``confidence`` is the calibrated one (softmax of logits / T) and ``unassigned``
+    says whether ``celler annotate`` would leave the cell ``Unassigned`` (the stored per-class thresholds);
+    ``predicted`` is always the class itself, so evaluation scores the classifier and, separately, the rule.
+    """
+    from celler.calibration import unassigned
+
     logits, emb = predict_logits(model, store, indices, cfg)
     cells = store.cells.iloc[indices]
     frames = []
     for level, z in logits.items():
-        prob = torch.softmax(z, 1)
+        cal = model.calibration.get(level)
+        prob = torch.softmax(z / float(cal["temperature"]) if cal else z, 1)
         conf, pred = prob.max(1)
         classes = np.asarray(model.levels[level], dtype=object)
-        frames.append(pd.DataFrame({
+        frame = pd.DataFrame({
             "cell": cells.index, "split": cells["split"].to_numpy(), "level": level,
             "true": cells[LEVEL_COLUMN[level]].astype(str).to_numpy(), "predicted": classes[pred.numpy()],
             "confidence": conf.numpy(),
-        }))
+        })
+        if cal:
+            frame["unassigned"] = unassigned(cal, frame["predicted"].to_numpy(), frame["confidence"].to_numpy())
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True), emb
 
 

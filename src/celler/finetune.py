@@ -31,6 +31,8 @@ from celler.classifier import (LEVEL_COLUMN, LEVELS, CellClassifier, batch_input
 from celler.errors import CellerError
 from celler.losses import build_loss
 from celler.model import Encoder, configure_optimizers, preset
+from celler.pretrain import load_profile_norm
+from celler.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
 from celler.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class FinetuneConfig:
     lr: float = 5e-4  # peak AdamW learning rate (heads and the profile view)
     encoder_lr_scale: float = 1.0  # the encoder learns at this multiple of lr (< 1: adapt a pretrained one gently)
     weight_decay: float = 0.01
+    head_dropout: float | None = None  # dropout inside the classifier heads (None: the encoder config's)
     epochs: int = 10  # at most this many passes over the training cells
     max_steps: int | None = None  # caps the epochs of large tissues: at most ceil(max_steps / steps per epoch)
     patience: int = 3  # stop after this many epochs without a better validation macro-F1
@@ -61,6 +64,7 @@ class FinetuneConfig:
     two_stage: bool = False  # a second stage on confidently misclassified training cells
     two_stage_epochs: int = 2
     two_stage_confidence: float = 0.8  # "high confidence": predicted-class probability above this
+    posthoc_adjustment: bool = False  # predict argmax z + tau'·log N_j, tau' chosen on the validation cells
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # autocast on CUDA only
@@ -91,13 +95,21 @@ def encode_targets(cells: pd.DataFrame, levels: dict[str, list[str]]) -> dict[st
     return out
 
 
+#: a class with at least this many training cells puts at least one of them into the validation set
+MIN_CELLS_FOR_VALIDATION = 5
+
+
 def validation_split(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) store indices: a seeded stratified ``fraction`` per class; singletons stay in train."""
+    """(train, val) store indices: a seeded stratified ``fraction`` per class, at least one cell of every class
+    with ``MIN_CELLS_FOR_VALIDATION`` or more (so tail classes are seen by model selection); smaller classes
+    keep all their cells for training. Validation cells are taken out of training, never shared."""
     rng = np.random.default_rng(seed)
     val = []
     for c in np.unique(labels[idx]):
         members = idx[labels[idx] == c]
         n = min(int(round(len(members) * fraction)), len(members) - 1)
+        if len(members) >= MIN_CELLS_FOR_VALIDATION and fraction > 0:
+            n = max(n, 1)
         if n > 0:
             val.append(rng.choice(members, n, replace=False))
     val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
@@ -127,11 +139,16 @@ def build_encoder(cfg: FinetuneConfig, store: TokenStore, pretrained: str | Path
     return encoder
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    keep = y_true >= 0
-    return float(f1_score(y_true[keep], y_pred[keep], average="macro")) if keep.any() else float("nan")
+def build_classifier(cfg: FinetuneConfig, store: TokenStore, pretrained, levels, *, genes=None,
+                     cosine_scale=None) -> CellClassifier:
+    """The classifier before fine-tuning. From a pretrained model every view starts pretrained: the encoder,
+    and the profile view's gene vectors (the encoder's gene embedding, which the cell-level objective
+    trained) with that objective's LayerNorm; only the heads start fresh."""
+    model = CellClassifier(build_encoder(cfg, store, pretrained), levels, readout=cfg.readout, genes=genes,
+                           cosine_scale=cosine_scale)
+    if model.profile is not None and pretrained is not None and cfg.init != "scratch":
+        model.profile.init_from(model.encoder.gene_embedding.weight, load_profile_norm(pretrained))
+    return model
 
 
 def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, frozen_emb=None, log_rows=None,
@@ -247,12 +264,16 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
                f"(readout {cfg.readout!r}); use readout cls, mean or cls+mean, or freeze_encoder: false")
         raise CellerError(msg)
 
-    best_overall, rows = None, []
+    best_overall, rows, candidates = None, [], []
     for name, params in loss_candidates(cfg):
         torch.manual_seed(cfg.seed)
-        model = CellClassifier(build_encoder(cfg, store, pretrained), levels, readout=cfg.readout,
-                               genes=genes).to(device)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
+        cosine = losses["subclass"].scale if name == "gcl" else None  # GCL reads a cosine head
+        model = build_classifier(cfg, store, pretrained, levels, genes=genes, cosine_scale=cosine).to(device)
         model.view_dropout = cfg.view_dropout
+        for head in model.heads.values():
+            head.drop.p = head.drop.p if cfg.head_dropout is None else cfg.head_dropout
         frozen = None
         if cfg.freeze_encoder:
             model.encoder.requires_grad_(False)
@@ -260,8 +281,6 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
                                             np.union1d(train_idx, val_idx), cfg)
             frozen = np.zeros((len(store), model.embedding_dim), np.float32)
             frozen[np.union1d(train_idx, val_idx)] = frozen_part
-        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
         tag = f"{name} {params}" if cfg.loss == "auto" else "main"
         f1, state = _train(model, store, train_idx, val_idx, targets, losses, cfg, epochs=cfg.epochs,
                            frozen_emb=frozen, log_rows=rows, stage=tag)
@@ -276,15 +295,58 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
                 if f1_2 >= f1:
                     f1, state = f1_2, state_2
                 model.load_state_dict(state)
+        if name == "gcl":
+            f1 = gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, params, cfg,
+                                  frozen_emb=frozen)
+        candidates.append({"loss": name, "loss_params": params, "val_macro_f1": f1})
         if best_overall is None or f1 > best_overall[0]:
             best_overall = (f1, model, name, params)
     f1, model, name, params = best_overall
     info = {"loss": name, "loss_params": params, "val_macro_f1": f1, "class_counts": counts,
-            "n_train": len(train_idx), "n_val": len(val_idx)}
+            "n_train": len(train_idx), "n_val": len(val_idx), "candidates": candidates}
+    if cfg.posthoc_adjustment and len(val_idx):
+        info["posthoc"] = posthoc_adjustment(model, store, val_idx, targets, counts, cfg)
     calibration = calibrate_levels(model, store, val_idx, targets, cfg) if len(val_idx) else None
+    model.calibration = calibration or {}
     save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows,
                     calibration=calibration)
     return model, levels, info
+
+
+def gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, params, cfg, *,
+                     frozen_emb=None) -> float:
+    """GCL's stage 2 (as published: margin 0.1, focal γ = 1): the heads' last layers retrained on
+    class-balanced batches over the frozen features of the training cells; returns the validation macro-F1."""
+    _, emb = predict_logits(model, store, train_idx, cfg,
+                            embeddings=frozen_emb[train_idx] if frozen_emb is not None else None)
+    device = next(model.parameters()).device
+    for level, head in model.heads.items():
+        t = targets[level][train_idx]
+        keep = t >= 0
+        with torch.no_grad():  # model is in eval mode: no dropout in the frozen features
+            hidden = head.hidden(torch.as_tensor(emb[keep], device=device))
+        stage2 = build_loss("gcl", counts[level], generator=losses[level].generator,
+                            **{**params, "margin": 0.1, "gamma": 1.0}).to(device)
+        retrain_last_layer(head, hidden, t[keep], stage2, steps=stage2.stage2_steps, batch_size=cfg.batch_size,
+                           lr=cfg.lr, seed=cfg.seed)
+    if not len(val_idx):
+        return float("nan")
+    val_logits, _ = predict_logits(model, store, val_idx, cfg,
+                                   embeddings=frozen_emb[val_idx] if frozen_emb is not None else None)
+    return macro_f1(targets["subclass"][val_idx], val_logits["subclass"].argmax(1).numpy())
+
+
+def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
+    """Choose τ′ per level on the validation cells and set ``model.logit_bias`` = τ′·log N_j (celler.rebalance)."""
+    val_logits, _ = predict_logits(model, store, val_idx, cfg)
+    record = {}
+    for level, z in val_logits.items():
+        tau, grid = choose_logit_adjustment(z, targets[level][val_idx], counts[level])
+        model.logit_bias[level] = tau * torch.log(torch.as_tensor(counts[level], dtype=torch.float32).clamp(min=1))
+        record[level] = {"tau": tau, "grid": grid}
+        log.info("post-hoc logit adjustment, %s level: tau' = %+.2f (validation macro-F1 %.4f at 0)", level, tau,
+                 next(r["val_macro_f1"] for r in grid if r["tau"] == 0))
+    return record
 
 
 def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:
@@ -293,8 +355,8 @@ def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:
 
     logits, _ = predict_logits(model, store, val_idx, cfg)
     # calibrate() ignores unlabelled cells (-1) and falls back to defaults when too few are left
-    return {level: calibrate(z, targets[level][val_idx]) for level, z in logits.items()
+    return {level: calibrate(z, targets[level][val_idx], model.levels[level]) for level, z in logits.items()
             if (targets[level][val_idx] >= 0).any()}
 
 
-__all__ = ["FinetuneConfig", "build_encoder", "finetune", "loss_candidates", "validation_split"]
+__all__ = ["FinetuneConfig", "build_classifier", "build_encoder", "finetune", "loss_candidates", "validation_split"]

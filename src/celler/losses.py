@@ -1,4 +1,4 @@
-"""Classification losses for long-tailed cell-type labels: CE, focal, balanced softmax, GInf and HDM.
+"""Classification losses for long-tailed cell-type labels: CE, focal, balanced softmax, GInf, HDM and GCL.
 
 Notation (Celler paper, issue 4): z = logits [B, C], y = targets [B], N_j = training cells of class j,
 Δδ_j = log N_max − log N_j (0 for the head class, largest for the rarest), ε ~ N(μ, σ²) per cell and class.
@@ -8,7 +8,8 @@ prior-weighted loss below is a cross-entropy on shifted logits (stable, and exac
 Noise is drawn only in training mode (``module.train()``); in ``.eval()`` mode GInf is its noise-free limit.
 It comes from the ``generator`` given (or torch's global RNG), so the same seed gives the same loss.
 Losses are computed in float32 whatever the logits' dtype (bf16 autocast) and return the batch mean.
-Prediction (argmax of the raw logits, no prior, no noise) is not done here.
+Prediction (argmax of the logits, no noise; plus τ′·log N_j when post-hoc adjustment is on, see
+:mod:`celler.rebalance`) is not done here; HDM's hard sets are :mod:`celler.hdm`'s.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from celler import hdm
 from celler.errors import CellerError
 
-LOSS_NAMES = ("ce", "focal", "balanced_softmax", "ginf", "ginf+hdm")
-GINF_FORMS = ("paper", "released", "gcl")
+LOSS_NAMES = ("ce", "focal", "balanced_softmax", "ginf", "ginf+hdm", "gcl")
+GINF_FORMS = ("paper", "released")
 
 
 class LossConfigError(CellerError, ValueError):
@@ -106,23 +108,8 @@ class BalancedSoftmax(nn.Module):
         return F.cross_entropy(logits.float() + self.tau * self.log_n, targets)
 
 
-def hdm_loss(adjusted: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
-    """Hard-difficulty mining on prior-adjusted logits a_j = z_j + τ·log N_j.
-
-    Per cell, keep the true class and the n wrong classes with the highest a_j (the terms that dominate the
-    N-weighted denominator), and take −log p_y of the softmax over that subset only. n >= C − 1 keeps every
-    class, so the loss equals the full N-weighted softmax.
-    """
-    k = min(int(n), adjusted.shape[1] - 1)
-    wrong = adjusted.scatter(1, targets[:, None], float("-inf"))  # the true class can't be its own negative
-    hard = wrong.topk(k, dim=1).indices  # the n highest-scoring wrong classes
-    kept = torch.cat([targets[:, None], hard], dim=1)  # true class first
-    subset = adjusted.gather(1, kept)
-    return -F.log_softmax(subset, dim=1)[:, 0].mean()  # −log p_y over the kept set
-
-
 class HardDifficultyMining(nn.Module):
-    """HDM alone on the given logits (no noise): see :func:`hdm_loss`; the prior weights are N_j^τ."""
+    """HDM alone on the given logits (no noise): :func:`celler.hdm.class_mode`; the prior weights are N_j^τ."""
 
     def __init__(self, class_counts: Sequence[int], n: int = 20, tau: float = 1.0) -> None:
         super().__init__()
@@ -134,7 +121,8 @@ class HardDifficultyMining(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check(logits, targets, self.log_n.numel())
-        return hdm_loss(logits.float() + self.tau * self.log_n, targets, self.n)
+        z = logits.float()
+        return hdm.class_mode(z, z, targets, self.tau * self.log_n, self.n, literal=False).mean()
 
 
 class GInf(nn.Module):
@@ -144,10 +132,10 @@ class GInf(nn.Module):
 
     * ``"paper"``: z_inf = z + Δδ·ε; p_j ∝ N_j^τ·exp(z_inf_j); loss −log p_y. σ = μ = 0 is balanced softmax.
     * ``"released"``: the authors' released code: plain CE on z_inf, no N_j weights (τ unused).
-    * ``"gcl"``: Gaussian clouded logits (Li et al., CVPR 2022): z_inf = z − (Δδ / max Δδ)·min(|ε|, 1), then
-      the same N_j^τ-weighted softmax as the paper form. The cloud is *subtracted*, as in GCL: lowering a
-      tail class's logit asks the model for a larger tail margin when it is the target and pushes it down less
-      when it is a competitor. With all N_j equal (max Δδ = 0) no noise is added.
+
+    What the noise does in expectation (README, design): every class's noise, the target's included, sits
+    inside the log-sum-exp, so it raises the weight of noisy (tail) classes in the denominator on average and
+    undoes part of the log N_j correction, more the rarer the class and the larger σ.
     """
 
     def __init__(
@@ -167,68 +155,117 @@ class GInf(nn.Module):
             msg = f"GInf needs `sigma` >= 0, `tau` >= 0 and a finite `mu`, got {sigma!r}, {tau!r}, {mu!r}"
             raise LossConfigError(msg)
         log_n = _log_counts(class_counts)
-        delta = log_n.max() - log_n  # Δδ_j = log N_max − log N_j
         self.register_buffer("log_n", log_n)
-        self.register_buffer("delta", delta)
-        top = delta.max()  # GCL's per-class cloud scale Δδ / max Δδ (all 0 when every N_j is equal)
-        self.register_buffer("gcl_scale", delta / top if top > 0 else torch.zeros_like(delta))
+        self.register_buffer("delta", log_n.max() - log_n)  # Δδ_j = log N_max − log N_j
         self.form, self.mu, self.sigma, self.tau = form, float(mu), float(sigma), float(tau)
         self.generator = generator
 
     def extra_repr(self) -> str:
         return f"form={self.form!r}, mu={self.mu}, sigma={self.sigma}, tau={self.tau}"
 
-    def _epsilon(self, z: torch.Tensor) -> torch.Tensor:
-        """ε ~ N(μ, σ²), one draw per cell and class (no draw at all when σ = 0)."""
-        if self.sigma == 0:
-            return torch.full_like(z, self.mu)
-        g = self.generator
-        std = torch.randn(z.shape, generator=g, device=z.device if g is None else g.device)
-        return (self.mu + self.sigma * std).to(z)
+    @property
+    def log_prior(self) -> torch.Tensor:
+        """τ·log N_j, the N-weighting of the softmax (zero for the released form, which has none)."""
+        return torch.zeros_like(self.log_n) if self.form == "released" else self.tau * self.log_n
 
     def noisy_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """z_inf in training mode, z itself in eval mode."""
+        """z_inf = z + Δδ·ε with ε ~ N(μ, σ²) per cell and class, in training mode; z itself in eval mode."""
         if not self.training:
             return z
-        eps = self._epsilon(z)
-        if self.form == "gcl":
-            return z - self.gcl_scale * eps.abs().clamp(max=1.0)  # z − (Δδ / max Δδ)·clip(|ε|, 0, 1)
-        return z + self.delta * eps  # z_inf = z + Δδ·ε
-
-    def adjusted_logits(self, z_inf: torch.Tensor) -> torch.Tensor:
-        """Logits whose plain softmax is the loss's p: z_inf + τ·log N_j, or z_inf for the released form."""
-        return z_inf if self.form == "released" else z_inf + self.tau * self.log_n
+        if self.sigma == 0:
+            return z + self.delta * self.mu
+        g = self.generator
+        std = torch.randn(z.shape, generator=g, device=z.device if g is None else g.device).to(z)
+        return z + self.delta * (self.mu + self.sigma * std)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check(logits, targets, self.log_n.numel())
         z_inf = self.noisy_logits(logits.float())
-        return F.cross_entropy(self.adjusted_logits(z_inf), targets)  # −log p_y
+        return F.cross_entropy(z_inf + self.log_prior, targets)  # −log p_y
 
 
 class GInfHDM(GInf):
-    """GInf + λ·HDM. Both terms see the same noisy logits z_inf (one ε draw per step), so HDM mines the
-    negatives that are hard under the very perturbation GInf trains on. HDM always uses the N_j^τ-weighted
-    softmax, also with the released GInf form (there τ affects only the HDM term).
+    """GInf + λ·HDM (:mod:`celler.hdm`). Both terms see the same noisy logits z_inf (one ε draw per step) and
+    the same prior as the GInf form (none for ``released``).
+
+    ``hdm_mode``: ``class`` (the true class and the n hardest wrong classes per cell) or ``sample`` (per batch
+    and wrongly predicted class, the n most confidently misclassified cells; their loss is added again, summed
+    and divided by the batch size). ``hdm_literal``: Eqs. 8-9 as printed (ranking on raw logits, noise in the
+    numerator only) instead of the earlier code's reading.
     """
 
     def __init__(
-        self, class_counts: Sequence[int], *, hdm_n: int = 20, hdm_lambda: float = 1.0, **ginf: object
+        self, class_counts: Sequence[int], *, hdm_n: int = 20, hdm_lambda: float = 1.0, hdm_mode: str = "class",
+        hdm_literal: bool = False, **ginf: object,
     ) -> None:
         super().__init__(class_counts, **ginf)  # type: ignore[arg-type]
         if int(hdm_n) < 1 or not hdm_lambda >= 0:
             msg = f"need `hdm_n` >= 1 and `hdm_lambda` >= 0, got {hdm_n!r} and {hdm_lambda!r}"
             raise LossConfigError(msg)
-        self.hdm_n, self.hdm_lambda = int(hdm_n), float(hdm_lambda)
+        if hdm_mode not in hdm.HDM_MODES:
+            msg = f"`hdm_mode` must be one of {hdm.HDM_MODES}, got {hdm_mode!r}"
+            raise LossConfigError(msg)
+        self.hdm_n, self.hdm_lambda, self.hdm_mode = int(hdm_n), float(hdm_lambda), hdm_mode
+        self.hdm_literal = bool(hdm_literal)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, hdm_n={self.hdm_n}, hdm_lambda={self.hdm_lambda}"
+        return (f"{super().extra_repr()}, hdm_n={self.hdm_n}, hdm_lambda={self.hdm_lambda}, "
+                f"hdm_mode={self.hdm_mode!r}, hdm_literal={self.hdm_literal}")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check(logits, targets, self.log_n.numel())
-        z_inf = self.noisy_logits(logits.float())
-        ginf = F.cross_entropy(self.adjusted_logits(z_inf), targets)
-        hdm = hdm_loss(z_inf + self.tau * self.log_n, targets, self.hdm_n)
-        return ginf + self.hdm_lambda * hdm  # total = GInf + λ·HDM
+        z = logits.float()
+        z_inf = self.noisy_logits(z)
+        prior = self.log_prior
+        ginf = F.cross_entropy(z_inf + prior, targets)
+        mine = hdm.class_mode if self.hdm_mode == "class" else hdm.sample_mode
+        term = mine(z, z_inf, targets, prior, self.hdm_n, literal=self.hdm_literal).mean()
+        return ginf + self.hdm_lambda * term  # total = GInf + λ·HDM
+
+
+class GaussianCloudedLogits(nn.Module):
+    """GCL (Li et al., CVPR 2022) on a cosine head: logits are ``scale``·cos θ_j (the head is built with the
+    same scale). In training, a class's cosine is lowered by a one-sided cloud,
+    cos_j − ``cloud``·|ε_j|·Δδ_j / max Δδ with ε ~ N(0, σ²) clipped to [−1, 1], the target's cosine also by
+    ``margin``; then (focal, γ = ``gamma``) cross-entropy on scale × cosines. No prior term: GCL's
+    re-balancing is its second stage, a class-balanced retraining of the head's last layer
+    (:func:`celler.finetune` with ``loss: gcl``; stage-2 settings as published: margin 0.1, focal γ = 1).
+    """
+
+    def __init__(self, class_counts: Sequence[int], *, scale: float = 30.0, cloud: float = 0.5,
+                 sigma: float = 1 / 3, margin: float = 0.0, gamma: float = 0.0, stage2_steps: int = 200,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not (scale > 0 and cloud >= 0 and sigma >= 0 and margin >= 0 and gamma >= 0 and int(stage2_steps) >= 0):
+            msg = (f"GCL needs `scale` > 0 and `cloud`, `sigma`, `margin`, `gamma`, `stage2_steps` >= 0, got "
+                   f"{scale!r}, {cloud!r}, {sigma!r}, {margin!r}, {gamma!r}, {stage2_steps!r}")
+            raise LossConfigError(msg)
+        log_n = _log_counts(class_counts)
+        delta = log_n.max() - log_n
+        self.register_buffer("cloud_scale", delta / delta.max() if delta.max() > 0 else torch.zeros_like(delta))
+        self.scale, self.cloud, self.sigma, self.margin, self.gamma = (float(scale), float(cloud), float(sigma),
+                                                                       float(margin), float(gamma))
+        self.stage2_steps = int(stage2_steps)
+        self.generator = generator
+
+    def extra_repr(self) -> str:
+        return (f"scale={self.scale}, cloud={self.cloud}, sigma={self.sigma}, margin={self.margin}, "
+                f"gamma={self.gamma}")
+
+    def clouded(self, cosine: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The perturbed cosines of training mode (the cosines themselves in eval mode)."""
+        if not self.training:
+            return cosine
+        g = self.generator
+        eps = torch.randn(cosine.shape, generator=g, device=cosine.device if g is None else g.device).to(cosine)
+        out = cosine - self.cloud * (self.sigma * eps).clamp(-1, 1).abs() * self.cloud_scale
+        return out - self.margin * F.one_hot(targets, cosine.shape[1]).to(cosine)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _check(logits, targets, self.cloud_scale.numel())
+        z = self.scale * self.clouded(logits.float() / self.scale, targets)
+        logp_t = -F.cross_entropy(z, targets, reduction="none")
+        return (-((1.0 - logp_t.exp()) ** self.gamma) * logp_t).mean()
 
 
 _DEFAULTS: dict[str, dict[str, object]] = {
@@ -236,14 +273,16 @@ _DEFAULTS: dict[str, dict[str, object]] = {
     "focal": {"gamma": 2.0, "alpha": None},
     "balanced_softmax": {"tau": 1.0},
     "ginf": {"form": "paper", "mu": 0.0, "sigma": 1 / 3, "tau": 1.0},
-    "ginf+hdm": {"form": "paper", "mu": 0.0, "sigma": 1 / 3, "tau": 1.0, "hdm_n": 20, "hdm_lambda": 1.0},
+    "ginf+hdm": {"form": "paper", "mu": 0.0, "sigma": 1 / 3, "tau": 1.0, "hdm_n": 20, "hdm_lambda": 1.0,
+                 "hdm_mode": "class", "hdm_literal": False},
+    "gcl": {"scale": 30.0, "cloud": 0.5, "sigma": 1 / 3, "margin": 0.0, "gamma": 0.0, "stage2_steps": 200},
 }
 
 
 def build_loss(
     name: str, class_counts: Sequence[int], *, generator: torch.Generator | None = None, **params: object
 ) -> nn.Module:
-    """The loss named in config, e.g. ``build_loss("ginf", counts, form="gcl", sigma=0.5)``.
+    """The loss named in config, e.g. ``build_loss("ginf", counts, form="released", sigma=0.5)``.
 
     Parameters set to None take their defaults (a YAML ``null``). An unknown name or a parameter the loss
     doesn't take raises :class:`LossConfigError` (a ValueError) listing what is allowed.
@@ -267,4 +306,6 @@ def build_loss(
         return BalancedSoftmax(class_counts, **kw)  # type: ignore[arg-type]
     if name == "ginf":
         return GInf(class_counts, generator=generator, **kw)  # type: ignore[arg-type]
+    if name == "gcl":
+        return GaussianCloudedLogits(class_counts, generator=generator, **kw)  # type: ignore[arg-type]
     return GInfHDM(class_counts, generator=generator, **kw)

@@ -86,7 +86,8 @@ def evaluate(
 
     ``train_counts`` maps each class to its number of training cells (for this level). Returns a dict with the
     scalar metrics of :data:`SCALAR_METRICS`, ``n_cells`` / ``n_closed`` / ``n_open``, ``rare_classes``
-    (list), ``per_class`` (DataFrame: precision, recall, f1, support, train_count, rare; rows = test classes,
+    (list), ``after_unassigned`` (only when ``pred`` has an ``unassigned`` column: the share left
+    ``Unassigned`` and macro / rare-class recall counting those cells as wrong), ``per_class`` (DataFrame: precision, recall, f1, support, train_count, rare; rows = test classes,
     then classes only predicted), ``confusion`` (DataFrame: true closed-set class x predicted label) and
     ``open_set`` (dict: ``n_cells``, ``classes`` {class: n}, ``predicted_as`` DataFrame true x predicted).
     """
@@ -131,6 +132,16 @@ def evaluate(
         rare_in_test = [c for c in rare if c in test_classes]
         res["rare_recall"] = float(t.loc[rare_in_test, "recall"].mean()) if rare_in_test else np.nan
     res["rare_classes"] = rare
+    if "unassigned" in pred.columns and len(y_true):  # the Unassigned rule of a calibrated Celler model
+        left = pred["unassigned"].astype(bool).to_numpy()[known]
+        kept_right = (y_true == y_pred) & ~left
+        rare_in_test = [c for c in rare if c in test_classes]
+        recall = {c: float(kept_right[y_true == c].mean()) for c in test_classes}
+        res["after_unassigned"] = {
+            "unassigned_share": float(left.mean()),
+            "macro_recall": float(np.mean(list(recall.values()))),
+            "rare_recall": float(np.mean([recall[c] for c in rare_in_test])) if rare_in_test else np.nan,
+        }
     res["per_class"] = table
     cols = test_classes + only_pred
     res["confusion"] = pd.crosstab(

@@ -16,9 +16,10 @@ trains stably from scratch without careful warm-up; ``norm_first=False`` gives p
 (:mod:`celler.scgpt`). Attention goes through ``F.scaled_dot_product_attention``, which picks the flash /
 memory-efficient kernels on GPUs (flash when a batch has no padding, so pass ``padding_mask=None`` then).
 
-Modules: ``Encoder`` (embeddings + blocks), ``MaskedValueHead`` (pretraining), ``ClassifierHead`` and
-``ProfileEncoder`` (fine-tuning: the head, and a linear view of the whole expression profile),
-``MaskedValueModel`` (encoder + masked-value head, what pretraining trains).
+Modules: ``Encoder`` (embeddings + blocks), ``MaskedValueHead`` (pretraining), ``ProfileEncoder`` (a linear
+view of the whole expression profile over the encoder's gene vectors) and ``ProfileDecoder`` (the
+cell-level pretraining objective), ``ClassifierHead`` (fine-tuning), ``MaskedValueModel`` (what pretraining
+trains).
 """
 
 from __future__ import annotations
@@ -255,12 +256,14 @@ class MaskedValueHead(nn.Module):
 
 
 class ProfileEncoder(nn.Module):
-    """A cell's whole expression profile as one vector: the bin-weighted sum of a learned vector per gene,
-    then LayerNorm (``nn.EmbeddingBag`` over the ragged gene lists, no length cap).
+    """A cell's whole expression profile as one vector: the bin-weighted sum of a vector per gene, then
+    LayerNorm (``nn.EmbeddingBag`` over the ragged gene lists, no length cap).
 
     It is a linear map of every expressed gene, the kind of readout that lets a linear classifier use
     all of a cell's genes, next to the transformer's view of its highest-expressed ones (the fine-tuning
     ``readout: cls+profile``). Weights are bin / (n_bins - 1), so the rank within the batch, in (0, 1].
+    The gene vectors are the encoder's gene embeddings: tied to them in pretraining (:class:`MaskedValueModel`),
+    copied from them when a classifier starts from a pretrained encoder (:meth:`init_from`).
     """
 
     def __init__(self, config: ModelConfig):
@@ -275,40 +278,119 @@ class ProfileEncoder(nn.Module):
         weights = values.float() / (self.n_bins - 1)
         return self.norm(self.bag(genes, offsets, per_sample_weights=weights))
 
+    @torch.no_grad()
+    def init_from(self, gene_embedding: torch.Tensor, norm_state: dict | None = None) -> None:
+        """Start from pretrained gene vectors (the encoder's gene embedding, ``(vocab, d)``) and, when
+        pretraining trained it, the profile's LayerNorm."""
+        if gene_embedding.shape != self.bag.weight.shape:
+            msg = f"gene embedding {tuple(gene_embedding.shape)} != profile view {tuple(self.bag.weight.shape)}"
+            raise CellerError(msg)
+        self.bag.weight.copy_(gene_embedding)
+        if norm_state:
+            self.norm.load_state_dict(norm_state)
+
+
+class ProfileDecoder(nn.Module):
+    """Predicts every gene's normalised value (bin / (n_bins - 1), 0 when not expressed) from a cell vector:
+    ``value[b, g] = <query(cell_b), key(E_g)> + bias(E_g)``, with ``E_g`` the gene's embedding.
+
+    The cell-level pretraining objective (scGPT's gene-expression prediction for cell modelling, on the
+    profile view): a cell vector built from part of its genes must predict all of them, zeros included,
+    so the gene vectors learn which genes are expressed together, which is what the classifier's profile
+    view reads. Genes are scored through their embeddings, so one decoder serves any vocabulary size.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.query = nn.Linear(config.d_model, config.d_model)
+        self.key = nn.Linear(config.d_model, config.d_model)
+        self.bias = nn.Linear(config.d_model, 1)
+        self.apply(_init_weights)
+
+    def forward(self, cells, gene_vectors):
+        """cells: (B, d); gene_vectors: (G, d) -> predicted values (B, G)."""
+        return self.query(cells) @ self.key(gene_vectors).T + self.bias(gene_vectors).T
+
 
 class ClassifierHead(nn.Module):
     """An MLP from the cell embedding to class logits (fine-tuning); cross-entropy when given targets.
 
-    ``d_in`` is the embedding's width (d_model, or a multiple when a readout joins several views)."""
+    ``d_in`` is the embedding's width (d_model, or a multiple when a readout joins several views).
+    ``cosine_scale``: a cosine head (GCL, LDAM): logits are scale·cos(hidden, class weight), no bias."""
 
-    def __init__(self, config: ModelConfig, n_classes: int, d_in: int | None = None):
+    def __init__(self, config: ModelConfig, n_classes: int, d_in: int | None = None, *,
+                 cosine_scale: float | None = None):
         super().__init__()
         self.fc = nn.Linear(d_in or config.d_model, config.d_model)
         self.norm = nn.LayerNorm(config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.out = nn.Linear(config.d_model, n_classes)
+        self.out = nn.Linear(config.d_model, n_classes, bias=cosine_scale is None)
+        self.cosine_scale = cosine_scale
         self.apply(_init_weights)
+
+    def hidden(self, cell_emb):
+        """The features the last layer reads (B, d_model)."""
+        return self.drop(self.norm(F.gelu(self.fc(cell_emb))))
+
+    def last(self, hidden):
+        """The last layer alone: hidden features -> logits."""
+        if self.cosine_scale is None:
+            return self.out(hidden)
+        return self.cosine_scale * F.linear(F.normalize(hidden, dim=-1), F.normalize(self.out.weight, dim=-1))
 
     def forward(self, cell_emb, targets=None):
         """cell_emb: (B, d) -> logits (B, n_classes), and the cross-entropy loss if targets (B,) are given."""
-        logits = self.out(self.drop(self.norm(F.gelu(self.fc(cell_emb)))))  # (B, C)
+        logits = self.last(self.hidden(cell_emb))  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits.float(), targets)
         return logits, loss
 
 
 class MaskedValueModel(nn.Module):
-    """Encoder + MaskedValueHead: what pretraining trains."""
+    """What pretraining trains: the encoder with its masked-value head and, when ``profile`` is on, the
+    cell-level objective: the profile view (its gene vectors tied to the encoder's gene embedding) of a
+    cell with some genes hidden predicts every gene of the batch (:class:`ProfileDecoder`)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, profile: bool = False):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.head = MaskedValueHead(config)
+        self.profile = ProfileEncoder(config) if profile else None
+        self.decoder = ProfileDecoder(config) if profile else None
+        self.tie_profile()
 
-    def forward(self, genes, values, padding_mask=None, targets=None):
-        """(B, L) inputs -> (logits, loss); see MaskedValueHead.forward for the logits' shape."""
+    def tie_profile(self) -> None:
+        """Make the profile view read the encoder's gene embedding (again, after a vocabulary resize)."""
+        if self.profile is not None:
+            self.profile.bag.weight = self.encoder.gene_embedding.weight
+
+    def forward(self, genes, values, padding_mask=None, targets=None, profile=None):
+        """(B, L) inputs -> (logits, loss); see MaskedValueHead.forward for the logits' shape. With
+        ``profile`` (the :meth:`profile_loss` inputs) -> (logits, loss, profile loss): one forward, for DDP."""
         hidden = self.encoder(genes, values, padding_mask)  # (B, L, d)
-        return self.head(hidden, targets)
+        out = self.head(hidden, targets)
+        return out if profile is None else (*out, self.profile_loss(*profile))
+
+    def profile_loss(self, genes, values, offsets, hidden):
+        """Mean squared error of every (cell, gene) value over the genes expressed anywhere in the batch.
+
+        genes, values, offsets: the batch's whole profiles, flat (collate); hidden: (N,) bool, the genes
+        left out of the cell's input vector (they, and all the others, are predicted)."""
+        n_cells = len(offsets)
+        cell = _cell_of(offsets, len(genes))
+        visible = values.masked_fill(hidden, 0)
+        cells = self.profile(genes, visible, offsets)  # (B, d)
+        batch_genes, column = torch.unique(genes, return_inverse=True)  # (G,), (N,)
+        target = torch.zeros(n_cells, len(batch_genes), device=cells.device)
+        target[cell, column] = values.float() / (self.config.n_bins - 1)
+        pred = self.decoder(cells, self.encoder.gene_embedding(batch_genes))  # (B, G)
+        return F.mse_loss(pred.float(), target)
+
+
+def _cell_of(offsets, n: int):
+    """The cell (row) of each of the ``n`` flat profile entries, from the cells' start ``offsets``."""
+    counts = torch.diff(offsets, append=offsets.new_tensor([n]))
+    return torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), counts)
 
 
 def configure_optimizers(model: nn.Module, *, lr: float, weight_decay: float,
@@ -354,6 +436,7 @@ def describe(config: ModelConfig) -> str:
 
 
 __all__ = [
-    "PRESETS", "ClassifierHead", "Encoder", "MaskedValueHead", "MaskedValueModel", "ModelConfig", "ProfileEncoder",
+    "PRESETS", "ClassifierHead", "Encoder", "MaskedValueHead", "MaskedValueModel", "ModelConfig", "ProfileDecoder",
+    "ProfileEncoder",
     "configure_optimizers", "describe", "preset",
 ]

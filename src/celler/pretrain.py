@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -49,7 +50,8 @@ from celler.tokens import ConcatStore, TokenStore
 from celler.vocab import Vocab
 
 MODEL_FORMAT_VERSION = 1  # bump when model.pt changes incompatibly; load_pretrained refuses other versions
-LOG_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "cells_per_s", "padding"]
+PROFILE_KEYS = ("profile_genes", "profile_values", "profile_offsets", "profile_hidden")  # profile_loss's inputs
+LOG_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "cells_per_s", "padding", "profile_loss"]
 
 
 @dataclass
@@ -60,6 +62,9 @@ class PretrainConfig:
     # data
     max_len: int = 256  # tokens per cell with <cls>; longer cells: random gene subset per epoch (scGPT: 1200)
     mask_ratio: float = 0.15  # share of a cell's gene values hidden and predicted (at least one per cell)
+    profile_weight: float = 1.0  # weight of the cell-level objective (the profile view predicts every gene's
+    #                              value; 0: masked values only); it trains the gene vectors the classifier reads
+    init: str | None = None  # start from this pretrained model directory (per-tissue continued pretraining)
     transductive: bool = False  # also pretrain on split == 'test' cells (never on their labels)
     max_cells: int | None = None  # pretrain on a random subset of at most this many cells (None: all)
     bucket: bool = True  # length-bucketed batches (little padding) instead of random ones
@@ -144,10 +149,14 @@ def open_stores(paths) -> TokenStore | ConcatStore:
 
 
 def select_cells(store, *, transductive: bool = False, max_cells: int | None = None,
-                 seed: int = 0) -> np.ndarray:
-    """Store indices of the pretraining corpus: cells not held out for testing (all when transductive)."""
+                 seed: int = 0, cells=None) -> np.ndarray:
+    """Store indices of the pretraining corpus: cells not held out for testing (all when transductive), or
+    the named ``cells`` (labels are never read either way)."""
     split = store.cells["split"].astype(str).to_numpy()
-    idx = np.arange(len(store)) if transductive else np.flatnonzero(split != "test")
+    if cells is not None:
+        idx = np.flatnonzero(store.cells.index.isin(pd.Index(cells)))
+    else:
+        idx = np.arange(len(store)) if transductive else np.flatnonzero(split != "test")
     if max_cells is not None and len(idx) > max_cells:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_cells, replace=False))
     if len(idx) == 0:
@@ -205,8 +214,10 @@ class _StopRequest:
 
 
 def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool = False,
-             on_step=None) -> PretrainResult:
+             on_step=None, cells=None) -> PretrainResult:
     """Pretrain on the token stores ``stores`` (paths) and write the model directory ``out_dir``.
+
+    ``cells``: cell names to pretrain on instead of the stores' non-test cells (a split re-drawn per seed).
 
     ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists (same stores and model settings).
     ``on_step(step, loss) -> bool`` is called after every step; returning True stops like SIGTERM does
@@ -217,17 +228,24 @@ def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool
     with _distributed(cfg) as (rank, world, device), _StopRequest() as stop:
         ddp, is_main = world > 1 or dist.is_initialized(), rank == 0
         store = open_stores(stores)
-        indices = select_cells(store, transductive=cfg.transductive, max_cells=cfg.max_cells, seed=cfg.seed)
+        indices = select_cells(store, transductive=cfg.transductive, max_cells=cfg.max_cells, seed=cfg.seed,
+                               cells=cells)
         vocab = store.vocab()
-        data_settings = {"vocab_size": len(vocab), "n_bins": store.n_bins, "pad_id": vocab.pad_id,
-                         "cls_id": vocab.cls_id}
-        mcfg = preset(cfg.preset, **{**cfg.model, **data_settings})
         torch.manual_seed(cfg.seed)
-        model = MaskedValueModel(mcfg).to(device)
+        if cfg.init:
+            model = start_from(cfg.init, store, profile=cfg.profile_weight > 0)
+            mcfg = model.config
+        else:
+            data_settings = {"vocab_size": len(vocab), "n_bins": store.n_bins, "pad_id": vocab.pad_id,
+                             "cls_id": vocab.cls_id}
+            mcfg = preset(cfg.preset, **{**cfg.model, **data_settings})
+            model = MaskedValueModel(mcfg, profile=cfg.profile_weight > 0)
+        model = model.to(device)
         optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                          betas=(cfg.beta1, cfg.beta2), device_type=device.type)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg=cfg))
-        dataset = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=cfg.mask_ratio, seed=cfg.seed)
+        dataset = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=cfg.mask_ratio, seed=cfg.seed,
+                              profile=cfg.profile_weight > 0)
         shard = {"seed": cfg.seed, "rank": rank, "world_size": world}
         sampler = (LengthBucketSampler(dataset.lengths, cfg.batch_size, pool_batches=cfg.bucket_pool, **shard)
                    if cfg.bucket else RandomBatchSampler(dataset.lengths, cfg.batch_size, **shard))
@@ -235,7 +253,7 @@ def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool
             msg = f"{len(indices)} cells make no batch of {cfg.batch_size} for each of {world} processes"
             raise CellerError(msg)
         torch.manual_seed(cfg.seed + rank)  # dropout differs between ranks
-        run = {"stores": stores, "n_cells": len(indices)}  # what a checkpoint must match to be resumed
+        run = {"stores": stores, "n_cells": len(indices), "init": cfg.init}  # what a resumed checkpoint must match
         ckpt_path = out_dir / "checkpoint.pt"
         step, epoch, batch_in_epoch = 0, 0, 0
         if resume and ckpt_path.exists():
@@ -271,7 +289,12 @@ def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool
                                           for k in ("genes", "values", "targets"))
                 pad = pad.to(device, non_blocking=True) if pad.any() else None  # None: flash attention
                 with autocast:
-                    _, loss = model(genes, values, pad, targets)
+                    if cfg.profile_weight > 0:
+                        _, value_loss, profile_loss = model(genes, values, pad, targets,
+                                                            profile=[batch[k].to(device) for k in PROFILE_KEYS])
+                    else:
+                        (_, value_loss), profile_loss = model(genes, values, pad, targets), torch.zeros(())
+                loss = value_loss + cfg.profile_weight * profile_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -280,18 +303,19 @@ def pretrain(stores, out_dir, cfg: PretrainConfig | None = None, *, resume: bool
                 optimizer.step()
                 scheduler.step()
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
-                local_loss = loss.item()
+                local_loss = value_loss.item()
                 hook_stop = bool(on_step and on_step(step, local_loss))
-                stats = torch.tensor([local_loss, n_tokens, n_cells, padding, hook_stop or stop.requested],
-                                     dtype=torch.float32, device=device)
+                stats = torch.tensor([local_loss, n_tokens, n_cells, padding, hook_stop or stop.requested,
+                                      profile_loss.item()], dtype=torch.float32, device=device)
                 if ddp:  # sums over ranks: totals for throughput, means below, stop if any rank stops
                     dist.all_reduce(stats)
-                loss_value, n_tokens, n_cells, padding, n_stop = stats.tolist()
+                loss_value, n_tokens, n_cells, padding, n_stop, profile_value = stats.tolist()
                 loss_value, padding, stopping = loss_value / world, padding / world, n_stop > 0
+                profile_value /= world
                 dt = time.perf_counter() - t0  # this step, its data loading included
                 if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
                     log.write([step, epoch, loss_value, lr, float(grad_norm), n_tokens / dt, n_cells / dt,
-                               padding])
+                               padding, profile_value])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
                 done = stopping or step >= cfg.max_steps
@@ -383,10 +407,12 @@ def _load_checkpoint(path, model, optimizer, scheduler, cfg, mcfg, run, rank):
 
 
 def _write_outputs(out_dir, model, mcfg, cfg, vocab, run, step, loss):
+    profile = {} if model.profile is None else {  # the profile view's gene vectors are the encoder's
+        "profile_norm": model.profile.norm.state_dict(), "profile_decoder": model.decoder.state_dict()}
     _atomic_save({
         "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
         "model_config": asdict(mcfg), "vocab_size": len(vocab),
-        "encoder": model.encoder.state_dict(), "masked_value_head": model.head.state_dict(),
+        "encoder": model.encoder.state_dict(), "masked_value_head": model.head.state_dict(), **profile,
     }, out_dir / "model.pt")
     (out_dir / "config.json").write_text(json.dumps({
         "format_version": MODEL_FORMAT_VERSION, "celler_version": __version__,
@@ -424,18 +450,8 @@ def plot_training_curve(log_csv, out_png) -> None:
     plt.close(fig)
 
 
-def load_pretrained(model_dir, *, device: str = "cpu") -> tuple[Encoder, ModelConfig, Vocab]:
-    """The pretrained encoder, its config and vocabulary from a Celler model directory (``model.pt``) or a
-    scGPT one (``args.json``, ``vocab.json``, ``best_model.pt``; see :mod:`celler.scgpt`)."""
-    d = Path(model_dir)
-    if not (d / "model.pt").exists():
-        if (d / "best_model.pt").exists() and (d / "args.json").exists():
-            from celler.scgpt import load_scgpt
-
-            encoder, mcfg, vocab = load_scgpt(d)
-            return encoder.to(device), mcfg, vocab
-        msg = f"{d}: not a model directory (no model.pt, and no scGPT args.json + best_model.pt)"
-        raise CellerError(msg)
+def _read_model(d: Path) -> tuple[dict, ModelConfig, Vocab]:
+    """A Celler pretrained model.pt as saved (checked), its ModelConfig and vocabulary."""
     blob = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format_version") != MODEL_FORMAT_VERSION:
         found = blob.get("format_version") if isinstance(blob, dict) else None
@@ -452,9 +468,60 @@ def load_pretrained(model_dir, *, device: str = "cpu") -> tuple[Encoder, ModelCo
     if len(vocab) != mcfg.vocab_size:
         msg = f"{d}: vocab.json has {len(vocab)} tokens but the gene embedding has {mcfg.vocab_size} rows"
         raise CellerError(msg)
+    return blob, mcfg, vocab
+
+
+def load_pretrained(model_dir, *, device: str = "cpu") -> tuple[Encoder, ModelConfig, Vocab]:
+    """The pretrained encoder, its config and vocabulary from a Celler model directory (``model.pt``) or a
+    scGPT one (``args.json``, ``vocab.json``, ``best_model.pt``; see :mod:`celler.scgpt`)."""
+    d = Path(model_dir)
+    if not (d / "model.pt").exists():
+        if (d / "best_model.pt").exists() and (d / "args.json").exists():
+            from celler.scgpt import load_scgpt
+
+            encoder, mcfg, vocab = load_scgpt(d)
+            return encoder.to(device), mcfg, vocab
+        msg = f"{d}: not a model directory (no model.pt, and no scGPT args.json + best_model.pt)"
+        raise CellerError(msg)
+    blob, mcfg, vocab = _read_model(d)
     encoder = Encoder(mcfg)
     encoder.load_state_dict(blob["encoder"])
     return encoder.to(device), mcfg, vocab
+
+
+def load_profile_norm(model_dir) -> dict | None:
+    """The profile view's LayerNorm trained by the cell-level objective, or None (not pretrained with it)."""
+    d = Path(model_dir)
+    if not (d / "model.pt").exists():
+        return None
+    return _read_model(d)[0].get("profile_norm")
+
+
+def start_from(model_dir, store, *, profile: bool) -> MaskedValueModel:
+    """A pretraining model holding the weights of ``model_dir`` (continued pretraining on a tissue's cells),
+    its gene embedding grown to the store's extended vocabulary (new genes start fresh)."""
+    d = Path(model_dir)
+    if not (d / "model.pt").exists():
+        msg = f"{d}: not a Celler pretrained model directory (no model.pt); pretrain first"
+        raise CellerError(msg)
+    blob, mcfg, model_vocab = _read_model(d)
+    if mcfg.n_bins != store.n_bins:
+        msg = f"{d}: model has {mcfg.n_bins} value bins but the token store {store.n_bins}; re-tokenize"
+        raise CellerError(msg)
+    model = MaskedValueModel(mcfg, profile=profile)
+    model.encoder.load_state_dict(blob["encoder"])
+    model.head.load_state_dict(blob["masked_value_head"])
+    if profile and "profile_norm" in blob:
+        model.profile.norm.load_state_dict(blob["profile_norm"])
+        model.decoder.load_state_dict(blob["profile_decoder"])
+    vocab = store.vocab()
+    if len(vocab) > len(model_vocab) and vocab.tokens[: len(model_vocab)] == model_vocab.tokens:
+        model.encoder.resize_token_embeddings(len(vocab))
+        model.config = model.encoder.config
+        model.tie_profile()
+    else:
+        check_vocab(vocab, model_vocab, what=f"model {d}")
+    return model
 
 
 @torch.no_grad()
@@ -511,6 +578,6 @@ def check_vocab(data: Vocab, model: Vocab, *, what: str) -> None:
 
 
 __all__ = [
-    "PretrainConfig", "PretrainResult", "check_vocab", "embed", "load_pretrained", "lr_factor", "open_stores",
-    "plot_training_curve", "pretrain", "select_cells",
+    "PretrainConfig", "PretrainResult", "check_vocab", "embed", "load_pretrained", "load_profile_norm", "lr_factor",
+    "open_stores", "plot_training_curve", "pretrain", "select_cells", "start_from",
 ]

@@ -208,25 +208,9 @@ def qc_summary(cells: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_qc(cells: pd.DataFrame, spec: DatasetSpec, path) -> None:
-    """Histograms of genes per cell, total per cell and mitochondrial %, thresholds marked."""
-    import matplotlib
+    """The QC figure of the reports (:func:`celler.plots.qc_distributions`) with this dataset's thresholds."""
+    from dataclasses import asdict
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from celler.plots import qc_distributions, save_figure
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = [("n_genes", spec.qc.min_genes, "genes per cell"), ("total", spec.qc.min_counts, "total per cell"),
-              ("pct_mito", spec.qc.max_pct_mito, "mitochondrial %")]
-    for ax, (col, thr, title) in zip(axes, panels, strict=True):
-        for kept, colour, lab in ((True, "#0072B2", "kept"), (False, "#D55E00", "removed")):
-            v = cells.loc[cells["kept"] == kept, col]
-            if len(v):
-                ax.hist(v, bins=50, color=colour, alpha=0.7, label=f"{lab} ({len(v)})")
-        if thr and col != "pct_mito" or (col == "pct_mito" and thr < 100):
-            ax.axvline(thr, color="k", ls="--", lw=1)
-        ax.set_title(title)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{spec.name}: QC ({cells['kind'].iloc[0]} input)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(qc_distributions(cells, thresholds=asdict(spec.qc), title=spec.name), path)

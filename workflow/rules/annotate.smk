@@ -32,12 +32,14 @@ rule annotate:
             caption="../report/annotate_labels.rst",
             category="5. Annotation",
             subcategory="{tissue}",
+            labels={"query": "{query}", "item": "predicted labels"},
         ),
         markers=report(
             "results/annotate/{tissue}/{query}.markers.png",
             caption="../report/annotate_markers.rst",
             category="5. Annotation",
             subcategory="{tissue}",
+            labels={"query": "{query}", "item": "marker genes"},
         ),
     params:
         settings={"device": "auto"},  # a GPU when the job has one, else the CPU

@@ -47,7 +47,7 @@ def torch_launcher(gpus):
 def pretrain_settings():
     p = config["pretrain"]
     keys = ("max_steps", "batch_size", "lr", "warmup_steps", "max_len", "mask_ratio", "transductive",
-            "checkpoint_every")
+            "checkpoint_every", "profile_weight")
     pairs = {k: p[k] for k in keys if k in p} | p.get("settings", {})
     sets = " ".join(f"--set {k}={json.dumps(v)}" for k, v in pairs.items())
     return f"--preset {p.get('preset', 'tiny')} {sets}"
@@ -64,8 +64,31 @@ def pretrain_workdir():
 
 
 def pretrained_model():
-    """The pretrained model the fine-tuning starts from (none for scratch or an external scGPT directory)."""
+    """The shared pretrained model (none for scratch or an external scGPT directory)."""
     return "results/pretrain/model" if config["finetune"].get("init", "pretrained") == "pretrained" else []
+
+
+def pretrains_per_tissue(tissue):
+    """Whether a tissue gets its own continued pretraining (pretrain.per_tissue): 'auto' for the tissues the
+    shared pretraining never read (vocab_mode extend: their new genes are untrained there), 'all', 'none'."""
+    when = config["pretrain"].get("per_tissue", "auto")
+    if not pretrained_model() or when == "none":
+        return False
+    return when == "all" or DATASETS[tissue].vocab_mode != "match"
+
+
+def tissue_pretrained(wildcards):
+    """The pretrained model a tissue's fine-tuning starts from: its own continued pretraining, or the shared."""
+    return f"results/{wildcards.tissue}/pretrained" if pretrains_per_tissue(wildcards.tissue) else pretrained_model()
+
+
+def tissue_pretrain_settings():
+    p = config["pretrain"]
+    keys = ("batch_size", "lr", "max_len", "mask_ratio", "transductive", "profile_weight")
+    pairs = {k: p[k] for k in keys if k in p} | p.get("settings", {})
+    pairs |= {"max_steps": p.get("tissue_steps", 300), "warmup_steps": min(p.get("warmup_steps", 40), 20),
+              "checkpoint_every": 0}
+    return " ".join(f"--set {k}={json.dumps(v)}" for k, v in pairs.items())
 
 
 # Each rule file adds the targets of a default run to this list (see get_final_output).
@@ -78,7 +101,8 @@ def get_final_output():
 
 
 # --- comparison runs (workflow/rules/evaluate.smk) -------------------------------------------------------
-BASELINE_METHODS = ["celltypist", "celltypist_majority", "actinn", "singlecellnet", "logreg", "knn"]
+BASELINE_METHODS = ["celltypist", "celltypist_balanced", "celltypist_majority", "actinn", "singlecellnet", "logreg",
+                    "logreg_balanced", "knn"]
 
 
 def evaluation_plan(tissue):

@@ -15,12 +15,14 @@ rule qc:
             caption="../report/qc_summary.rst",
             category="1. Data",
             subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "item": "QC summary"},
         ),
         plot=report(
             "results/{dataset}/qc/qc.png",
             caption="../report/qc_plot.rst",
             category="1. Data",
             subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "item": "QC distributions"},
         ),
     params:
         chunk_size=config["tokenize"].get("chunk_size", 20000),
@@ -48,6 +50,7 @@ rule map_genes:
             caption="../report/vocab_report.rst",
             category="1. Data",
             subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "item": "vocabulary coverage"},
         ),
         vocab="results/{dataset}/vocab/vocab.json",
     log:

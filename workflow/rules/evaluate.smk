@@ -53,7 +53,7 @@ rule baseline:
 rule celler_run:
     input:
         tokens="results/{tissue}/tokens",
-        pretrained=pretrained_model(),
+        pretrained=tissue_pretrained,
         train_cells="results/runs/{tissue}/{imbalance}/seed{seed}/train_cells.txt",
     output:
         "results/runs/{tissue}/{imbalance}/celler_{variant}/seed{seed}/predictions.tsv",
@@ -84,6 +84,7 @@ rule evaluate:
             caption="../report/evaluation_metrics.rst",
             category="3. Evaluation",
             subcategory="{tissue}",
+            labels={"tissue": "{tissue}", "table": "every method, seed and level"},
         ),
         per_class="results/{tissue}/evaluation/per_class.tsv",
     params:
@@ -102,15 +103,21 @@ rule tables:
         expand("results/{tissue}/evaluation/metrics.tsv", tissue=TISSUES),
     output:
         report(
-            multiext("results/tables/table2_levels", ".tsv", ".md"),
+            "results/tables/table2_levels.tsv",
             caption="../report/tables.rst",
             category="3. Evaluation",
+            subcategory="all tissues",
+            labels={"tissue": "all", "table": "Table 2: tissue x level x method"},
         ),
+        "results/tables/table2_levels.md",
         report(
-            multiext("results/tables/table3_datasets", ".tsv", ".md"),
+            "results/tables/table3_datasets.tsv",
             caption="../report/tables.rst",
             category="3. Evaluation",
+            subcategory="all tissues",
+            labels={"tissue": "all", "table": "Table 3: dataset x method"},
         ),
+        "results/tables/table3_datasets.md",
     params:
         files=dict(zip(TISSUES, expand("results/{tissue}/evaluation/metrics.tsv", tissue=TISSUES))),
     log:
@@ -144,15 +151,21 @@ rule ablation:
         expand("results/ablation/{tissue}/metrics.tsv", tissue=TISSUES),
     output:
         report(
-            multiext("results/tables/table4_ablation", ".tsv", ".md"),
+            "results/tables/table4_ablation.tsv",
             caption="../report/ablation.rst",
             category="3. Evaluation",
+            subcategory="all tissues",
+            labels={"tissue": "all", "table": "Table 4: loss ablation"},
         ),
+        "results/tables/table4_ablation.md",
         report(
-            multiext("results/tables/table4_ablation_paired", ".tsv", ".md"),
+            "results/tables/table4_ablation_paired.tsv",
             caption="../report/ablation.rst",
             category="3. Evaluation",
+            subcategory="all tissues",
+            labels={"tissue": "all", "table": "Table 4, paired: each loss minus CE"},
         ),
+        "results/tables/table4_ablation_paired.md",
     params:
         files=dict(zip(TISSUES, expand("results/ablation/{tissue}/metrics.tsv", tissue=TISSUES))),
     log:

@@ -1,4 +1,5 @@
-# Model stages: masked-value pretraining, then per-tissue fine-tuning with the long-tail losses.
+# Model stages: pretraining (masked values + the cell-level objective) on the corpus and the tissues that share
+# its vocabulary, continued per tissue where pretrain.per_tissue says so, then per-tissue fine-tuning.
 
 FINAL_OUTPUTS.extend(expand("results/{tissue}/celler/metrics.tsv", tissue=TISSUES))
 
@@ -31,10 +32,35 @@ rule pretrain:
         " {params.settings} && rm -rf {output} && cp -r {params.work} {output}) > {log} 2>&1"
 
 
+rule pretrain_tissue:
+    input:
+        tokens="results/{tissue}/tokens",
+        pretrained="results/pretrain/model",
+    output:
+        directory("results/{tissue}/pretrained"),
+    params:
+        script=f"{workflow.basedir}/scripts/pretrain.py",
+        settings=tissue_pretrain_settings(),
+    threads: 2
+    resources:
+        gpu=config["pretrain"].get("gpus", 0) and 1,
+        mem_mb=8000,
+        runtime=2 * 60,
+    log:
+        "logs/pretrain_tissue/{tissue}.log",
+    benchmark:
+        "results/benchmarks/pretrain_tissue/{tissue}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    shell:
+        "(OMP_NUM_THREADS={threads} python {params.script} --stores {input.tokens} --out {output}"
+        " --set init={input.pretrained} {params.settings}) > {log} 2>&1"
+
+
 rule finetune:
     input:
         tokens="results/{tissue}/tokens",
-        pretrained=pretrained_model(),
+        pretrained=tissue_pretrained,
     output:
         model=directory("results/{tissue}/model"),
         predictions="results/{tissue}/celler/predictions.tsv",
@@ -42,8 +68,9 @@ rule finetune:
         metrics=report(
             "results/{tissue}/celler/metrics.tsv",
             caption="../report/celler_metrics.rst",
-            category="3. Celler",
+            category="2. Celler",
             subcategory="{tissue}",
+            labels={"tissue": "{tissue}", "table": "Celler metrics"},
         ),
         per_class="results/{tissue}/celler/per_class.tsv",
     threads: 2

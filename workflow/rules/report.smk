@@ -1,5 +1,6 @@
-# HTML reports: one self-contained page per tissue (figures embedded) and an index page linking them.
-# Figures are also declared with report() so `snakemake --report report.html` shows them with captions.
+# HTML reports: one self-contained page per tissue (figures embedded) and the cross-tissue index page.
+# For `snakemake --report report.html` the index page and each figure (once, with its caption) are declared
+# with report(); the tissue pages are not, as they embed the same figures again.
 
 FINAL_OUTPUTS.extend(expand("results/{tissue}/report.html", tissue=TISSUES))
 FINAL_OUTPUTS.append("results/report_index.html")
@@ -26,7 +27,7 @@ evaluation_inputs = lambda wildcards: (
 report_figure = lambda name, title: report(
     f"results/{{tissue}}/figures/{name}.png",
     caption=f"../report/{name}.rst",
-    category="4. Report",
+    category="4. Reports",
     subcategory="{tissue}",
     labels={"tissue": "{tissue}", "figure": title},
 )
@@ -38,34 +39,30 @@ rule report_tissue:
         cells="results/{tissue}/qc/cells.tsv.gz",
         genes="results/{tissue}/qc/genes.tsv.gz",
         qc_summary="results/{tissue}/qc/summary.tsv",
-        qc_plot="results/{tissue}/qc/qc.png",
         vocab="results/{tissue}/vocab/report.tsv",
         model="results/{tissue}/model",
         predictions="results/{tissue}/celler/predictions.tsv",
         metrics="results/{tissue}/celler/metrics.tsv",
         per_class="results/{tissue}/celler/per_class.tsv",
         embeddings="results/{tissue}/celler/embeddings.npz",
-        pretrained=pretrained_model(),
+        pretrained=tissue_pretrained,
         evaluation=evaluation_inputs,
         markers=MARKER_TABLES,
     output:
-        html=report(
-            "results/{tissue}/report.html",
-            caption="../report/tissue_report.rst",
-            category="4. Report",
-            subcategory="{tissue}",
-            labels={"tissue": "{tissue}", "figure": "HTML report"},
-        ),
-        class_sizes=report_figure("class_sizes", "class sizes"),
-        training_curves=report_figure("training_curves", "training curves"),
-        f1_vs_size=report_figure("f1_vs_size", "per-class F1 vs class size"),
-        confusion=report_figure("confusion", "confusion matrix"),
-        umap=report_figure("umap", "UMAP"),
-        dotplot_true=report_figure("dotplot_true", "marker genes, true labels"),
-        dotplot_predicted=report_figure("dotplot_predicted", "marker genes, predicted labels"),
+        html="results/{tissue}/report.html",
+        qc=report_figure("qc", "1 quality control"),
+        class_sizes=report_figure("class_sizes", "2 class sizes"),
+        training_curves=report_figure("training_curves", "3 training curves"),
+        f1_vs_size=report_figure("f1_vs_size", "4 per-class F1 vs class size"),
+        confusion=report_figure("confusion", "5 confusion matrix"),
+        confidence=report_figure("confidence", "6 confidence and Unassigned"),
+        umap=report_figure("umap", "7 UMAP of the embeddings"),
+        dotplot_true=report_figure("dotplot_true", "8 marker genes, true labels"),
+        dotplot_predicted=report_figure("dotplot_predicted", "9 marker genes, predicted labels"),
     params:
         marker_tissue=lambda wc: config["tissues"][wc.tissue].get("marker_tissue"),
         rare_fraction=config.get("evaluate", {}).get("rare_fraction", 0.03),
+        index="results/report_index.html",
     resources:
         mem_mb=4000,
     log:
@@ -80,9 +77,18 @@ rule report_tissue:
 
 rule report_index:
     input:
-        expand("results/{tissue}/report.html", tissue=TISSUES),
+        reports=expand("results/{tissue}/report.html", tissue=TISSUES),
+        evaluation=lambda wildcards: (
+            expand("results/{tissue}/evaluation/metrics.tsv", tissue=TISSUES) if config.get("evaluate") else []
+        ),
     output:
-        "results/report_index.html",
+        report(
+            "results/report_index.html",
+            caption="../report/report_index.rst",
+            category="4. Reports",
+            subcategory="all tissues",
+            labels={"tissue": "all", "figure": "0 summary across tissues (index page)"},
+        ),
     log:
         "logs/report/index.log",
     conda:

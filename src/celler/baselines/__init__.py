@@ -2,7 +2,8 @@
 
 Each baseline is a function ``fit_predict(train, test, *, label_key="celler_label", seed=0, **params)``
 returning a frame indexed by the test cells with columns ``predicted`` and ``confidence``; it is seeded and
-deterministic for a seed. Input contract: ``X`` is log1p of counts normalised to 10,000 per cell.
+deterministic for a seed. Input contract: ``X`` is log1p of counts normalised to 10,000 per cell. A baseline
+that can use label-free cells takes them as ``unlabelled`` (the cells whose split is ``unlabelled``).
 
 :func:`run_baseline` splits an expression AnnData by ``obs["celler_split"]`` and writes the common prediction
 table (``cell, split, level, true, predicted, confidence``), one row per test cell per level; the
@@ -24,9 +25,12 @@ from celler.errors import CellerError
 BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
     "celltypist": celltypist_lr.fit_predict,
     "celltypist_majority": celltypist_lr.fit_predict_majority,
+    "celltypist_balanced": celltypist_lr.fit_predict_balanced,
     "actinn": actinn.fit_predict,
     "singlecellnet": singlecellnet.fit_predict,
     "logreg": logreg.fit_predict,
+    "logreg_balanced": logreg.fit_predict_balanced,
+    "logreg_pca": logreg.fit_predict_pca,
     "knn": knn.fit_predict,
 }
 
@@ -37,7 +41,8 @@ def baseline_params(name: str) -> list[str]:
     """The tunable keyword parameters of a baseline (besides ``label_key`` and ``seed``)."""
     sig = inspect.signature(get_baseline(name))
     return [
-        p for p, v in sig.parameters.items() if v.kind is v.KEYWORD_ONLY and p not in ("label_key", "seed")
+        p for p, v in sig.parameters.items()
+        if v.kind is v.KEYWORD_ONLY and p not in ("label_key", "seed", "unlabelled")
     ]
 
 
@@ -83,6 +88,8 @@ def run_baseline(
             msg = f"obs column {split_key!r} has no {part!r} cells (values: {sorted(split.unique())})"
             raise CellerError(msg)
     check_log1p_1e4(adata, "expression data")
+    if "unlabelled" in inspect.signature(fn).parameters and (split == "unlabelled").any():
+        params["unlabelled"] = adata[(split == "unlabelled").to_numpy()]
     levels = [("subclass", label_key)]
     if parent_key and parent_key in adata.obs:
         levels.append(("parent", parent_key))

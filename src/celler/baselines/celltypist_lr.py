@@ -74,6 +74,7 @@ def fit_predict(
     feature_selection: bool = False,  # noqa: FBT001, FBT002
     top_genes: int = 300,
     n_jobs: int | None = None,
+    class_weight: str | None = None,
 ) -> pd.DataFrame:
     """Train a CellTypist logistic-regression model on ``train`` and predict ``test`` by best match.
 
@@ -95,11 +96,33 @@ def fit_predict(
             feature_selection=feature_selection,
             top_genes=top_genes,
             n_jobs=n_jobs,
+            class_weight=class_weight,  # celltypist.train passes it on to its LogisticRegression
         )
         res = celltypist.annotate(_query(test), model=model, mode="best match")
     pred = res.predicted_labels["predicted_labels"].astype(str).to_numpy()
     conf = res.probability_matrix.max(axis=1).to_numpy()
     return output(test, pred, conf)
+
+
+def fit_predict_balanced(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    *,
+    label_key: str = "celler_label",
+    seed: int = 0,
+    C: float = 1.0,  # noqa: N803
+    max_iter: int | None = None,
+    n_jobs: int | None = None,
+) -> pd.DataFrame:
+    """CellTypist with class balancing: its logistic regression with ``class_weight="balanced"``.
+
+    Not CellTypist's ``balance_cell_type``: that option only re-weights which cells its mini-batch SGD
+    samples, and it samples ``min(batch_number * batch_size, n)`` cells without replacement, so below
+    100,000 training cells (its defaults) every cell is drawn once per epoch and nothing is balanced; it
+    also refuses fewer cells than one batch (1,000). Class weights balance at every data size.
+    """
+    return fit_predict(train, test, label_key=label_key, seed=seed, C=C, max_iter=max_iter, n_jobs=n_jobs,
+                       class_weight="balanced")
 
 
 def celltypist_resolution(n_cells: int) -> int:

@@ -1,23 +1,12 @@
-"""Marker genes for a tissue's cell types: known markers from public tables plus data-driven ones.
-
-Known markers come from three tables shipped in ``resources/markers``: PanglaoDB (27 Mar 2020), CellMarker 2.0
-(human) and ScType. A table's cell type is matched to a dataset label by words, conservatively: every word of
-the table's name (after light normalisation: case, plurals, "cells", ``+`` signs, a few abbreviations such as
-NK / Treg / Mono / DC) must occur in the label, and per table only the most specific matching names are used.
-So ``"T cells"`` and ``"T helper cells"`` both fit ``"CD4+ T helper"``, and only ``"T helper cells"`` is kept;
-``"Naive B cells"`` does not fit ``"CD19+ B"``. Only genes present in the data are returned.
-
-Data-driven markers come from :func:`scanpy.tl.rank_genes_groups` (Wilcoxon, one group against the rest).
-"""
+"""Known markers: the PanglaoDB, CellMarker 2.0 and ScType tables in ``resources/markers``, and the
+conservative word matching of their cell-type names to a dataset's labels (see :mod:`celler.markers`)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pandas as pd
 
 from celler.errors import CellerError
@@ -170,9 +159,15 @@ def match_cell_types(labels: Iterable[str], cell_types: Iterable[str]) -> dict[s
 
 
 def known_markers(
-    labels: Sequence[str], table: pd.DataFrame, genes: Iterable[str], *, tissue: str, n: int = 3
+    labels: Sequence[str],
+    table: pd.DataFrame,
+    genes: Iterable[str] | None = None,
+    *,
+    tissue: str,
+    n: int | None = 3,
 ) -> pd.DataFrame:
-    """Up to ``n`` known markers per label from the tables' rows for ``tissue``, present in ``genes``.
+    """Up to ``n`` (None: all) known markers per label from the tables' rows for ``tissue``, restricted to
+    ``genes`` when given (names matched case-insensitively, returned as spelt in ``genes``).
 
     Returns ``label, gene, votes, sources, matched`` (votes = matched table entries listing the gene; genes
     are ranked by votes, then by table order; a gene listed for several labels stays with those where it has
@@ -180,14 +175,16 @@ def known_markers(
     """
     cols = ["label", "gene", "votes", "sources", "matched"]
     rows = tissue_rows(table, tissue)
-    present = {g.upper(): g for g in genes}
+    present = None if genes is None else {g.upper(): g for g in genes}
     found = []
     for source, part in rows.groupby("source", sort=False):
         for label, types in match_cell_types(labels, part["cell_type"].unique()).items():
             hit = part[part["cell_type"].isin(types)]
             for i, (ct, g) in enumerate(zip(hit["cell_type"], hit["gene"], strict=True)):
-                if g.upper() in present:
-                    found.append((label, present[g.upper()], source, f"{source}: {ct}", i))
+                if present is None or g.upper() in present:
+                    found.append(
+                        (label, g if present is None else present[g.upper()], source, f"{source}: {ct}", i)
+                    )
     if not found:
         return pd.DataFrame(columns=cols)
     f = pd.DataFrame(found, columns=["label", "gene", "source", "matched", "order"])
@@ -202,96 +199,6 @@ def known_markers(
         agg["votes"] == agg.groupby("gene")["votes"].transform("max")
     ]  # a gene goes where it scores most
     agg = agg.sort_values(["votes", "order"], ascending=[False, True], kind="stable")
-    agg = agg.groupby("label", sort=False).head(n)
+    agg = agg.groupby("label", sort=False).head(n) if n is not None else agg
     agg["label"] = pd.Categorical(agg["label"], categories=list(dict.fromkeys(labels)))
     return agg.sort_values("label", kind="stable")[cols].assign(label=lambda d: d["label"].astype(str))
-
-
-# -------------------------------------------------------------------------------------- data-driven markers
-
-
-def ranked_markers(adata: ad.AnnData, groupby: str, *, n: int = 3) -> dict[str, list[str]]:
-    """Top ``n`` up-regulated genes per group of ``adata.obs[groupby]`` (Wilcoxon, one vs rest).
-
-    Groups with fewer than 2 cells are skipped (no test is possible); with a single group there is nothing to
-    rank against and the result is empty.
-    """
-    import scanpy as sc
-
-    sizes = adata.obs[groupby].astype(str).value_counts()
-    groups = sorted(sizes.index[sizes >= 2])
-    if len(groups) < 2:
-        return {}
-    sub = adata[adata.obs[groupby].astype(str).isin(groups)].copy()
-    sub.obs[groupby] = sub.obs[groupby].astype(str).astype("category")
-    sc.tl.rank_genes_groups(sub, groupby, method="wilcoxon", key_added="celler_rank", use_raw=False)
-    res = sc.get.rank_genes_groups_df(sub, group=None, key="celler_rank")
-    res = res[res["logfoldchanges"] > 0]
-    return {
-        str(g): part["names"].head(n).astype(str).tolist() for g, part in res.groupby("group", observed=True)
-    }
-
-
-def marker_budget(n_groups: int) -> tuple[int, int]:
-    """Ranked and known markers per cell type, fewer when there are many types (keeps the plot readable)."""
-    if n_groups <= 15:
-        return 3, 2
-    if n_groups <= 35:
-        return 2, 1
-    return 1, 1
-
-
-def combine_markers(
-    order: Sequence[str], ranked: Mapping[str, list[str]], known: pd.DataFrame
-) -> pd.DataFrame:
-    """One row per plotted gene: ``gene, marker_of, known`` in ``order`` of cell types, each gene once."""
-    known_of = known.groupby("label", sort=False)["gene"].apply(list).to_dict() if len(known) else {}
-    rows, seen = [], set()
-    for label in order:
-        for gene, is_known in [(g, False) for g in ranked.get(label, [])] + [
-            (g, True) for g in known_of.get(label, [])
-        ]:
-            if gene not in seen:
-                seen.add(gene)
-                rows.append((gene, label, is_known))
-    return pd.DataFrame(rows, columns=["gene", "marker_of", "known"])
-
-
-def dot_table(
-    adata: ad.AnnData, groupby: str, genes: Sequence[str], *, order: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Fraction of cells expressing (> 0) and mean expression of ``genes`` per group.
-
-    Long format: ``group, gene, fraction, mean, n_cells``; groups in ``order`` (default: sorted), genes in the
-    given order; a group of ``order`` without cells is left out.
-    """
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        msg = f"dot_table: genes not in the data: {', '.join(missing[:10])}"
-        raise CellerError(msg)
-    labels = adata.obs[groupby].astype(str).to_numpy()
-    order = [g for g in (order if order is not None else sorted(set(labels))) if g in set(labels)]
-    x = adata[:, list(genes)].X
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-    rows = []
-    for group in order:
-        m = x[labels == group]
-        for j, gene in enumerate(genes):
-            rows.append((group, gene, float((m[:, j] > 0).mean()), float(m[:, j].mean()), len(m)))
-    return pd.DataFrame(rows, columns=["group", "gene", "fraction", "mean", "n_cells"])
-
-
-__all__ = [
-    "MARKER_FILES",
-    "TISSUE_ALIASES",
-    "combine_markers",
-    "default_markers_dir",
-    "dot_table",
-    "known_markers",
-    "load_marker_tables",
-    "marker_budget",
-    "match_cell_types",
-    "name_tokens",
-    "ranked_markers",
-    "tissue_rows",
-]

@@ -1,0 +1,341 @@
+"""Figures of the results: per-class F1 against class size, confusion matrices, confidence by class."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+from celler.plots.base import (
+    CELLER_COLOUR,
+    CELLER_MARKER,
+    CONTINUOUS,
+    MARKERS,
+    OKABE_ITO,
+    PAGE_WIDTH_IN,
+    empty_figure,
+    log_axis,
+    palette,
+    text_colour,
+    text_width,
+    tick_size,
+)
+
+#: Up to this many classes every class is named in the F1 figure; above it the rare and the worst ones.
+NAME_ALL_CLASSES = 20
+#: Confidences are drawn up to 1 - this (a logit axis cannot reach 1).
+CONFIDENCE_FLOOR = 1e-5
+N_WORST = 5
+
+
+def f1_vs_size(per_class: pd.DataFrame, *, title: str = "Per-class F1 vs training class size") -> Figure:
+    """Per-class F1 (mean over seeds) against training cells of the class (log x), one series per method.
+
+    ``per_class``: columns ``class, f1, train_count`` and optionally ``method`` (default "celler"), ``seed``,
+    ``support`` (test cells; classes without any are left out) and ``rare`` (shaded region). Celler is the
+    black star no baseline shares. Classes are named along the top with their test support: every class up to
+    :data:`NAME_ALL_CLASSES` classes, else the rare ones and the :data:`N_WORST` worst for Celler.
+    """
+    df = per_class.copy()
+    if "method" not in df:
+        df["method"] = "celler"
+    if "support" not in df:
+        df["support"] = np.nan
+    df = df[(df["train_count"] > 0) & ~(df["support"] <= 0)]
+    if df.empty:
+        return empty_figure("no classes with training and test cells")
+    agg = (
+        df.groupby(["method", "class"], sort=False)
+        .agg(f1=("f1", "mean"), train_count=("train_count", "first"), support=("support", "first"))
+        .reset_index()
+    )
+    methods = list(
+        dict.fromkeys(["celler", *agg["method"]] if "celler" in set(agg["method"]) else agg["method"])
+    )
+    baselines = [m for m in methods if m != "celler"]
+    style = {m: (c, mk) for m, c, mk in zip(baselines, palette(len(baselines)), MARKERS * 3, strict=False)}
+    fig = Figure(figsize=(8.4, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    if "rare" in df and df["rare"].astype(bool).any():
+        edge = df.loc[df["rare"].astype(bool), "train_count"].max()
+        ax.axvspan(agg["train_count"].min() / 1.5, edge * 1.15, color="0.93", zorder=0, label="rare classes")
+    for method in methods:
+        part = agg[agg["method"] == method].sort_values("train_count")
+        if method == "celler":
+            ax.plot(
+                part["train_count"],
+                part["f1"],
+                ls="",
+                marker=CELLER_MARKER,
+                ms=13,
+                color=CELLER_COLOUR,
+                mec="white",
+                mew=0.6,
+                label="Celler",
+                zorder=4,
+            )
+        else:
+            colour, marker = style[method]
+            ax.plot(
+                part["train_count"],
+                part["f1"],
+                ls="",
+                marker=marker,
+                ms=6.5,
+                color=colour,
+                alpha=0.8,
+                label=method,
+                zorder=3,
+            )
+    log_axis(ax, agg["train_count"])
+    lo, hi = agg["train_count"].min() / 1.6, agg["train_count"].max() * 1.6
+    ax.set_xlim(lo, hi)
+    ax.set(xlabel="training cells of the class (log scale)", ylabel="F1 on test cells", ylim=(-0.03, 1.03))
+    fig.suptitle(title, fontsize=11)
+    ax.grid(color="0.92")
+    ax.set_axisbelow(True)
+    fig.legend(loc="outside right upper", fontsize=8)
+    classes = agg.drop_duplicates("class").set_index("class")
+    _name_classes(fig, ax, classes, _classes_to_name(agg, df), (lo, hi))
+    return fig
+
+
+def _classes_to_name(agg: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    classes = list(dict.fromkeys(agg["class"]))
+    if len(classes) <= NAME_ALL_CLASSES:
+        return classes
+    rare = set(df.loc[df["rare"].astype(bool), "class"]) if "rare" in df else set()
+    ref = agg[agg["method"] == "celler"] if "celler" in set(agg["method"]) else agg
+    worst = ref.groupby("class")["f1"].mean().nsmallest(N_WORST).index
+    return [c for c in classes if c in rare or c in set(worst)]
+
+
+def _name_classes(
+    fig: Figure, ax, classes: pd.DataFrame, names: list[str], xlim: tuple[float, float]
+) -> None:
+    """Class names above the axes at their training size, spread apart where sizes are close (1-D repel),
+    each with a leader line down to its x and its test support."""
+    if not names:
+        return
+    fs = 7.5
+    fig.draw_without_rendering()
+    width_px = ax.get_window_extent().width
+    gap = fs * 1.35 / 72 * fig.dpi / max(width_px, 1)  # one rotated label's height, in axes fraction
+    log_lo, log_hi = np.log10(xlim[0]), np.log10(xlim[1])
+    sizes = classes.loc[names, "train_count"].astype(float)
+    order = np.argsort(sizes.to_numpy(), kind="stable")
+    want = (np.log10(sizes.to_numpy()[order]) - log_lo) / (log_hi - log_lo)
+    placed = want.copy()
+    for i in range(1, len(placed)):  # push right, then shift the whole run back inside the axes
+        placed[i] = max(placed[i], placed[i - 1] + gap)
+    overflow = placed[-1] - 1.0
+    if overflow > 0:
+        placed -= overflow
+        for i in range(len(placed) - 2, -1, -1):
+            placed[i] = min(placed[i], placed[i + 1] - gap)
+    for k, idx in enumerate(order):
+        name = names[idx]
+        support = classes.loc[name, "support"]
+        label = f"{name} ({int(support)} test)" if pd.notna(support) else str(name)
+        ax.axvline(sizes.iloc[idx], color="0.82", lw=0.6, ls=":", zorder=1)
+        ax.annotate(
+            label,
+            xy=(want[k], 1.0),
+            xycoords="axes fraction",
+            xytext=(placed[k], 1.06),
+            textcoords="axes fraction",
+            rotation=90,
+            ha="center",
+            va="bottom",
+            fontsize=fs,
+            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 0},
+        )
+
+
+def fraction_label(v: float) -> str:
+    """A row fraction as printed in a cell: '1' only when exact, '>.99' just below, '<.01' just above 0."""
+    if v >= 1:
+        return "1"
+    if v >= 0.995:
+        return ">.99"
+    if v < 0.005:
+        return "<.01" if v > 0 else "0"
+    return f"{v:.2f}"[1:]
+
+
+def confusion_heatmap(confusion: pd.DataFrame, *, title: str = "Confusion matrix", ax=None) -> Figure:
+    """Heatmap of a true x predicted count table: colour = share of the true class (row), each cell printed
+    with its count and row fraction (up to 25 classes); rows are labelled with their cell counts."""
+    if confusion.empty:
+        return empty_figure("no test cells")
+    counts = confusion.to_numpy(dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    norm = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    n_rows, n_cols = norm.shape
+    fs = tick_size(max(n_rows, n_cols))
+    rows = [f"{r} ({int(t):,})" for r, t in zip(confusion.index, totals.ravel(), strict=True)]
+    fig = (
+        ax.get_figure() if ax is not None else Figure(figsize=confusion_size(confusion), layout="constrained")
+    )
+    ax = ax if ax is not None else fig.add_subplot()
+    cmap = colormaps[CONTINUOUS]
+    im = ax.imshow(norm, cmap=cmap, vmin=0, vmax=1, aspect="equal", interpolation="nearest")
+    ax.set_xticks(range(n_cols), labels=[str(c) for c in confusion.columns], rotation=90, fontsize=fs)
+    ax.set_yticks(range(n_rows), labels=rows, fontsize=fs)
+    ax.set(xlabel="predicted", ylabel="true (test cells)")
+    ax.set_title(title, fontsize=10.5)
+    if max(n_rows, n_cols) <= 25:
+        n = max(n_rows, n_cols)
+        small = 6.5 if n > 12 else 7.5 if n > 8 else 8.5
+        for (i, j), v in np.ndenumerate(norm):
+            if counts[i, j] > 0:
+                ax.text(
+                    j,
+                    i,
+                    f"{int(counts[i, j]):,}\n{fraction_label(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=small,
+                    linespacing=0.95,
+                    color=text_colour(cmap(v)),
+                )
+    fig.colorbar(im, ax=ax, shrink=0.6, aspect=20, label="share of the true class")
+    return fig
+
+
+def confusion_size(confusion: pd.DataFrame) -> tuple[float, float]:
+    n_rows, n_cols = confusion.shape
+    cell = float(np.clip(9 / max(n_rows, n_cols, 1), 0.3, 0.6)) if max(n_rows, n_cols) <= 25 else 0.22
+    fs = tick_size(max(n_rows, n_cols))
+    width = cell * n_cols + text_width([f"{r} (10,000)" for r in confusion.index], fs) + 2.0
+    height = cell * n_rows + text_width(confusion.columns, fs) + 1.1
+    return width, height
+
+
+def confusion_figure(
+    confusions: Mapping[str, pd.DataFrame], *, title: str = "Celler confusion matrix"
+) -> Figure:
+    """One confusion heatmap per label level (the finer first), side by side, or one above the other when
+    that is wider than the page."""
+    items = [(k, v) for k, v in confusions.items() if not v.empty]
+    if not items:
+        return empty_figure("no test cells")
+    if len(items) == 1:
+        level, conf = items[0]
+        return confusion_heatmap(conf, title=f"{title} ({level})")
+    sizes = [confusion_size(c) for _, c in items]
+    wide = sum(w for w, _ in sizes) > PAGE_WIDTH_IN  # too wide side by side: one above the other
+    if wide:
+        fig = Figure(figsize=(max(w for w, _ in sizes), sum(h for _, h in sizes)), layout="constrained")
+        subs = fig.subfigures(len(items), 1, height_ratios=[h for _, h in sizes])
+    else:
+        fig = Figure(figsize=(sum(w for w, _ in sizes), max(h for _, h in sizes)), layout="constrained")
+        subs = fig.subfigures(1, len(items), width_ratios=[w for w, _ in sizes])
+    for sub, (level, conf) in zip(subs, items, strict=True):
+        confusion_heatmap(conf, title=f"{title} ({level})", ax=sub.add_subplot())
+    return fig
+
+
+def confidence_by_class(
+    pred: pd.DataFrame,
+    *,
+    unassigned: np.ndarray,
+    thresholds: Sequence[float],
+    order: Sequence[str] | None = None,
+) -> Figure:
+    """Per predicted class: the confidence of each test cell (right calls and wrong calls apart), the class's
+    Unassigned threshold, and the share of its calls the threshold leaves ``Unassigned``.
+
+    ``pred``: ``predicted, true, confidence``; ``unassigned``: per cell, below its class's threshold;
+    ``thresholds``: per cell, the threshold that applied. The confidence axis is a logit scale, so that 0.99
+    and 0.999 (where thresholds sit) are apart.
+    """
+    if pred.empty:
+        return empty_figure("no test cells")
+    import seaborn as sns
+
+    df = pred.assign(
+        call=np.where(pred["true"].astype(str) == pred["predicted"].astype(str), "right", "wrong"),
+        unassigned=np.asarray(unassigned, dtype=bool),
+        cut=np.asarray(thresholds, dtype=float),
+        shown=pred["confidence"].astype(float).clip(1e-4, 1 - CONFIDENCE_FLOOR),
+    )
+    present = set(df["predicted"].astype(str))
+    order = list(order) if order is not None else sorted(present)
+    classes = [c for c in order if c in present] + sorted(present - set(order))
+    n = len(classes)
+    fs = tick_size(n)
+    fig = Figure(figsize=(7.4 + text_width(classes, fs), 1.5 + 0.36 * n), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xscale("logit")
+    colours = {"right": OKABE_ITO[4], "wrong": OKABE_ITO[5]}
+    common = {"data": df, "x": "shown", "y": "predicted", "order": classes, "ax": ax}
+    sns.stripplot(
+        **common,
+        hue="call",
+        hue_order=["right", "wrong"],
+        palette=colours,
+        dodge=True,
+        jitter=0.25,
+        size=2.2,
+        alpha=0.6,
+        legend=True,
+    )
+    sns.boxplot(**common, fill=False, showfliers=False, width=0.7, color="0.25", linewidth=0.8)
+    by = df.groupby("predicted")
+    for i, c in enumerate(classes):
+        part = by.get_group(c)
+        cut = float(part["cut"].iloc[0])
+        ax.plot([cut, cut], [i - 0.42, i + 0.42], color="black", lw=1.6, zorder=5)
+        share = part["unassigned"].mean()
+        ax.text(
+            1.02,
+            i,
+            f"{share:.0%} of {len(part):,}",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            fontsize=fs - 1,
+            color="black" if share < 0.5 else OKABE_ITO[5],
+        )
+    ax.text(
+        1.02,
+        -0.55,
+        "Unassigned",
+        transform=ax.get_yaxis_transform(),
+        va="bottom",
+        fontsize=fs - 1,
+        fontweight="bold",
+    )
+    low = float(min(df["shown"].min(), df["cut"].min()))
+    ticks = [t for t in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 0.9999) if t >= min(low, 0.5)]
+    ax.set_xlim(min(low, 0.5) * 0.95, 1 - CONFIDENCE_FLOOR)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="confidence of the call (predictions.tsv; logit scale)", ylabel="predicted class")
+    ax.tick_params(axis="y", labelsize=fs)
+    ax.grid(axis="x", color="0.92")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", lw=1.6))
+    labels.append("Unassigned threshold")
+    ax.get_legend().remove()
+    fig.legend(
+        handles,
+        [f"{lb} calls" if lb in colours else lb for lb in labels],
+        fontsize=8,
+        loc="outside lower center",
+        ncol=3,
+        frameon=False,
+    )
+    ax.set_title(
+        f"Confidence by predicted class ({df['unassigned'].mean():.0%} of the test cells below the "
+        "threshold)",
+        fontsize=10.5,
+        loc="left",
+    )
+    return fig

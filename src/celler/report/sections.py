@@ -1,0 +1,279 @@
+"""The sections of a tissue page: summary, data, training, results, embeddings, marker genes."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import pandas as pd
+
+from celler.markers import CONFIRMED, MarkerPanel
+from celler.report.comparison import HEADLINE, compare, comparison_table, verdict
+from celler.report.inputs import TissueInputs
+from celler.report.page import cards, details, metric_table, names, note, table
+
+NAV = [
+    ("summary", "Summary"),
+    ("data", "Data"),
+    ("training", "Training"),
+    ("results", "Results"),
+    ("embeddings", "Embeddings"),
+    ("markers", "Marker genes"),
+    ("provenance", "Provenance"),
+]
+
+#: HTML captions of the figures (the Snakemake report's captions are in workflow/report/*.rst).
+CAPTIONS = {
+    "qc": "Genes per cell, total per cell and (when the data has MT- genes) mitochondrial percentage of the "
+    "kept cells and of the cells a QC filter removed; dashed lines mark the thresholds that were applied.",
+    "class_sizes": "Kept cells per class and split, largest first (log scale); the dotted line marks the "
+    "rare-class threshold ({rare:.0%} of the training cells).",
+    "training_curves": "Left: the pretraining masked-value loss per step, one model shared by every "
+    "tissue; middle and right: this tissue's fine-tuning loss and validation macro-F1 per epoch; the dashed "
+    "line marks the epoch that was kept (the best validation subclass macro-F1, a tie keeping the later).",
+    "f1_vs_size": "F1 of each class on the test cells (mean over seeds) against its number of training "
+    "cells (log scale): Celler is the black star, each baseline its own marker; classes are named on top "
+    "with their test cells; the shaded band holds the rare classes. High F1 on the left: the tail is "
+    "handled.",
+    "confusion": "Each cell: test cells of the true class (row, with its total) predicted as the column's "
+    "label, and that count as a share of the row (colour; '>.99' is just below 1, '1' exactly all). The "
+    "diagonal is the per-class recall.",
+    "confidence": "Confidence of each test-cell call by predicted class, right and wrong calls apart; the "
+    "black bar is the stored Unassigned threshold (celler annotate labels a cell Unassigned below it); the "
+    "share on the right is the class's calls it would leave Unassigned.",
+    "umap": "UMAP of Celler's embeddings of the test cells by true and by predicted label (same colours), "
+    "and the misclassified cells (black). The embedding is the fine-tuned classifier's own representation, "
+    "trained to separate these labels, so it looks clean by construction: it shows where errors sit, not "
+    "that the types separate in the data (the marker plots below show that, from expression).",
+    "dotplot_true": "The marker panel on the test cells grouped by their true label; row labels give the "
+    "number of cells.",
+    "dotplot_predicted": "The same genes, rows and colour scale, test cells grouped by the label Celler "
+    "predicted: a row that differs from the one above holds wrong calls.",
+}
+
+
+def summary_section(inp: TissueInputs) -> str:
+    """The result at a glance: Celler against the best baseline on this tissue, per level."""
+    if inp.eval_metrics is None or inp.eval_metrics.empty:
+        body = note(
+            "No baseline evaluation in this run (set <code>evaluate</code> in the config): Celler alone. "
+            + ", ".join(
+                f"{HEADLINE[m]} {inp.celler_metrics[m].iloc[0]:.3f}"
+                for m in HEADLINE
+                if m in inp.celler_metrics
+            )
+        )
+        return f'<section id="summary"><h2>Summary</h2>{body}</section>'
+    rows = compare(inp.eval_metrics, inp.levels)
+    main = rows[rows["level"] == inp.level]
+    return (
+        '<section id="summary"><h2>Summary</h2>'
+        f'<p class="headline">{html.escape(verdict(main, unit="level"))}</p>{comparison_table(rows)}'
+        + note(
+            "Means over the evaluation seeds on the same test cells; the best baseline is chosen per "
+            "metric and level. Blue: Celler ahead, orange: behind, grey: level (within 0.01)."
+        )
+        + "</section>"
+    )
+
+
+def data_section(inp: TissueInputs, shown: dict[str, str], class_table: pd.DataFrame) -> str:
+    kept, genes = inp.kept, inp.genes
+    batches = kept["batch"].fillna("").astype(str) if "batch" in kept else pd.Series("", index=kept.index)
+    items = [
+        ("cells before QC", f"{len(inp.cells):,}"),
+        ("cells after QC", f"{len(kept):,}"),
+        ("genes before QC", f"{len(genes):,}"),
+        ("genes after QC", f"{int(genes['kept'].astype(bool).sum()):,}"),
+        ("genes in the model vocabulary", f"{inp.adata.n_vars:,}"),
+        ("cell types", len(class_table)),
+        ("batches", batches[batches != ""].nunique()),
+        ("test cells", f"{int((kept['split'] == 'test').sum()):,}"),
+    ]
+    batch_tab = pd.crosstab(batches.replace("", "(none)"), kept["split"].astype(str))
+    batch_tab = batch_tab.rename_axis(index="batch", columns=None).reset_index()
+    unmapped = (
+        details(f"{len(inp.unmapped)} unmapped genes", note(names(inp.unmapped))) if inp.unmapped else ""
+    )
+    counts = class_table.assign(total=class_table.sum(axis=1)).sort_values("total", ascending=False)
+    counts = counts.rename_axis(index="class", columns=None).reset_index()
+    return (
+        f'<section id="data"><h2>Data</h2>{cards(items)}'
+        f"<h3>Quality control</h3>{table(inp.qc_summary)}{shown['qc']}"
+        f"<h3>Vocabulary coverage</h3>{table(inp.vocab)}{unmapped}"
+        f"<h3>Batches</h3>{table(batch_tab)}"
+        f"<h3>Class sizes</h3>{shown['class_sizes']}{details('Class sizes as a table', table(counts))}"
+        "</section>"
+    )
+
+
+def training_section(inp: TissueInputs, shown: dict[str, str], facts: dict) -> str:
+    parts = []
+    if inp.pretrain_log is None:
+        parts.append(note("No pretraining log (fine-tuned from scratch or from external weights)."))
+    spikes = facts.get("spikes")
+    if spikes:
+        n_bins = facts.get("n_bins")
+        chance = f" (chance: ln {n_bins - 1} = {math.log(n_bins - 1):.2f})" if n_bins and n_bins > 2 else ""
+        parts.append(
+            note(
+                "The pretraining spikes are batches of short cells, not instabilities. Batches are "
+                "length-bucketed (little padding), so cells with fewer expressed genes than the model reads "
+                f"come together: {spikes['n_short']} of {spikes['n']} steps after warm-up hold such "
+                f"batches and average a loss of {spikes['short_loss']:.2f}{chance}, against "
+                f"{spikes['full_loss']:.2f} for full-length batches (correlation of the loss with the tokens "
+                f"per cell: {spikes['corr']:.2f}); a short cell gives the model little context to predict a "
+                "hidden value from. Colour: tokens per cell in the batch."
+            )
+        )
+    if facts.get("selected") is not None:
+        parts.append(note(f"Fine-tuning kept epoch {facts['selected'] + 1} (dashed line)."))
+    return f'<section id="training"><h2>Training</h2>{"".join(parts)}{shown["training_curves"]}</section>'
+
+
+def results_section(
+    inp: TissueInputs, summary: pd.DataFrame, shown: dict[str, str], facts: dict, rare_fraction: float
+) -> str:
+    n_seeds = int(summary["n_seeds"].max()) if len(summary) else 1
+    if inp.eval_metrics is None or inp.eval_metrics.empty:
+        what = "Celler only (no baseline evaluation in this run: set <code>evaluate</code> in the config)."
+    else:
+        what = "Celler and the baselines on the same test cells."
+    spread = (
+        f"Mean ± std over {n_seeds} seeds."
+        if n_seeds > 1
+        else "One seed, so no spread is shown (set <code>evaluate.seeds: [0, 1, 2]</code> for mean ± std)."
+    )
+    per_class = "".join(
+        details(f"Celler per-class metrics ({level})", table(part.drop(columns="level")))
+        for level, part in inp.celler_per_class.groupby("level", sort=False)
+    )
+    result = facts["results"][inp.level]
+    open_set = (
+        note(
+            f"{result['n_open']} test cells belong to classes without training cells (open set) and "
+            "are left out of the confusion matrix."
+        )
+        if result["n_open"]
+        else ""
+    )
+    how = (
+        f"{what} {spread} Celler highlighted; the best value per level in bold. Rare recall: mean recall "
+        f"over the classes below {rare_fraction:.0%} of the training cells."
+    )
+    return (
+        '<section id="results"><h2>Results</h2>'
+        f"<h3>Metrics</h3>{note(how)}{metric_table(summary)}"
+        f"<h3>Per-class F1 vs class size</h3>{shown['f1_vs_size']}{per_class}"
+        f"<h3>Confusion matrix</h3>{open_set}{shown['confusion']}"
+        f"<h3>Confidence and Unassigned cells</h3>{note(_unassigned_text(facts['unassigned']))}"
+        f"{shown['confidence']}"
+        "</section>"
+    )
+
+
+def _unassigned_text(u: dict) -> str:
+    rule = (
+        "per-class thresholds (calibration.json)"
+        if u["per_class"]
+        else f"the stored threshold {u['threshold']:.3f} (calibration.json)"
+        if u["calibrated"]
+        else f"the default threshold {u['threshold']:.2f} (no calibration.json)"
+    )
+    caught = (
+        ""
+        if pd.isna(u["wrong_caught"])
+        else f" It would catch {u['wrong_caught']:.0%} of the wrong calls and cost {u['right_lost']:.0%} of "
+        "the right ones."
+    )
+    return (
+        f"At {rule}, <code>celler annotate</code> would leave {u['n']:,} of these test cells "
+        f"({u['share']:.1%}) Unassigned.{caught} Confidence is the column of "
+        "<code>celler/predictions.tsv</code>."
+    )
+
+
+def embeddings_section(shown: dict[str, str]) -> str:
+    return f'<section id="embeddings"><h2>Embeddings</h2>{shown["umap"]}</section>'
+
+
+def markers_section(panel: MarkerPanel, marker_tissue: str | None, shown: dict[str, str]) -> str:
+    how = (
+        "Columns: genes chosen from the <b>training</b> cells grouped by their <b>true</b> label (Wilcoxon "
+        "<code>rank_genes_groups</code>, significant and up in the type, peaking there, most specific "
+        "first), so both plots below share one gene panel and compare column by column. Ribosomal-protein "
+        "and mitochondrial genes are left out"
+        + (f" ({len(panel.excluded)} genes here)" if panel.excluded else "")
+        + ". <b>*</b>: a known marker (PanglaoDB, CellMarker 2.0, ScType) that this data confirms: up in its "
+        "type against the rest and highest on average there. Dot size: share of the row's cells expressing "
+        "the gene; colour: mean log-normalised expression over the gene's highest mean in either plot."
+    )
+    parts = [note(how)]
+    if panel.anonymised:
+        parts.append(
+            note(
+                "<b>The gene names of this dataset are anonymised</b> (e.g. <code>gene_000</code>): no "
+                "known marker can be matched, so every column is data-driven."
+            )
+        )
+    if panel.known is not None and len(panel.known):
+        parts.append(
+            details(
+                f"Known markers of tissue '{marker_tissue}' and what this data says about them",
+                _known_table(panel.known),
+            )
+        )
+        absent = panel.known[panel.known["status"] == "absent from the gene panel"]
+        if len(absent):
+            parts.append(
+                note(
+                    "Known markers absent from this dataset's gene panel: "
+                    + "; ".join(
+                        f"{html.escape(t)}: {names(g['gene'], 8)}"
+                        for t, g in absent.groupby("label", sort=False)
+                    )
+                    + "."
+                )
+            )
+    elif marker_tissue and not panel.anonymised:
+        parts.append(
+            note(
+                f'No cell type of the marker tables for "{html.escape(marker_tissue)}" matched these labels.'
+            )
+        )
+    elif not marker_tissue and not panel.anonymised:
+        parts.append(
+            note("No <code>marker_tissue</code> configured for this tissue: data-driven markers only.")
+        )
+    return (
+        f'<section id="markers"><h2>Marker genes</h2>{"".join(parts)}'
+        f"{shown['dotplot_true']}{shown['dotplot_predicted']}</section>"
+    )
+
+
+def _known_table(known: pd.DataFrame) -> str:
+    """One row per type: its confirmed known markers, those the data contradicts (and where they peak)."""
+    rows = []
+    for label, part in known.groupby("label", sort=False):
+        ok = part[part["status"] == CONFIRMED]
+        off = part[part["status"].str.startswith("not enriched")]
+        other = part[
+            ~part.index.isin(ok.index)
+            & ~part.index.isin(off.index)
+            & (part["status"] != "absent from the gene panel")
+        ]
+        rows.append(
+            {
+                "cell type": label,
+                "confirmed here": ", ".join(ok["gene"]) or "–",
+                "not enriched here (highest in)": "; ".join(
+                    f"{g} ({h})" for g, h in zip(off["gene"], off["highest_in"], strict=True)
+                )
+                or "–",
+                "other": "; ".join(f"{g}: {s}" for g, s in zip(other["gene"], other["status"], strict=True))
+                or "–",
+            }
+        )
+    return note("The tables' top markers of each type (most votes across the three tables first).") + table(
+        pd.DataFrame(rows)
+    )
