@@ -13,8 +13,10 @@ per-tissue pretraining may read); the test cells are the same at every fraction.
 Every method trains on the same training cells and is scored on the same test cells. A tissue split by
 fraction (pbmc68k, CBMC, FACS-sorted PBMC) is re-drawn per seed (stratified, the configured test fraction);
 file and column splits (pancreas Wang -> Xin, Kang's held-out donor) are fixed, so there only the training
-randomness varies. Pretraining is the workflow's (``results/pretrain/model``, built first with snakemake if
-missing); it saw the expression, never the labels, of cells that a re-drawn split puts into test.
+randomness varies. Pretraining never sees a test cell: one model is pretrained on the unlabelled corpus alone
+(``config.yaml``'s ``corpus:``, with its ``pretrain:`` settings), then continued per tissue and seed on that
+seed's training cells, labels unused (``pretrain.tissue_steps`` steps, as the workflow's ``pretrain_tissue``
+rule); a pretrained Celler run starts from that, an ``init: scratch`` one from nothing.
 
 A Celler variant is the configured ``finetune:`` section with a JSON object of overrides. Each run writes its
 predictions and wall time under ``results/accuracy/`` and is reused when its settings are unchanged, so a
@@ -58,20 +60,6 @@ def split_cells(cells: pd.DataFrame, split: dict, seed: int) -> tuple[pd.Index, 
     return pd.Index(train).append(solo), pd.Index(test)
 
 
-def label_subset(labels: pd.Series, fraction: float, seed: int, *, min_cells: int = 3) -> pd.Index:
-    """A stratified ``fraction`` of the labelled cells: per class round(fraction * n), at least ``min_cells``
-    (all of a class with fewer), drawn with ``seed``; ``fraction`` 1 keeps every cell."""
-    if fraction >= 1:
-        return labels.index
-    rng = np.random.default_rng(seed)
-    keep = []
-    for cls in sorted(labels.unique()):
-        members = labels.index[labels.to_numpy() == cls]
-        n = min(len(members), max(min_cells, round(fraction * len(members))))
-        keep.append(members[np.sort(rng.choice(len(members), n, replace=False))])
-    return keep[0].append(keep[1:])
-
-
 def run_key(method: str, settings: dict, train: pd.Index, unlabelled: pd.Index = pd.Index([])) -> str:
     def digest(cells):
         return hashlib.sha1("\n".join(sorted(cells)).encode()).hexdigest()
@@ -111,6 +99,63 @@ def run_one(job: dict) -> dict:
     return info
 
 
+def pretrain_config(config: dict, **overrides):
+    from celler.pretrain import PretrainConfig
+
+    p = config["pretrain"]
+    keys = ("max_steps", "batch_size", "lr", "warmup_steps", "max_len", "mask_ratio", "profile_weight")
+    return PretrainConfig(preset=p.get("preset", "tiny"), checkpoint_every=0,
+                          **{k: p[k] for k in keys if k in p}, **overrides)
+
+
+def pretrain_corpus(config: dict) -> Path:
+    """The shared model, pretrained on the corpus alone (no tissue cell), built once."""
+    from celler.pretrain import pretrain
+
+    out = OUT / "pretrain" / "corpus"
+    cfg = pretrain_config(config)
+    key = json.dumps({"cfg": repr(cfg), "corpus": sorted(config.get("corpus", {}))}, sort_keys=True)
+    if not ((out / "model.pt").exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == key):
+        stores = [str(REPO / f"results/{name}/tokens") for name in config.get("corpus", {})]
+        pretrain(stores, out, cfg)
+        (out / "key.txt").write_text(key)
+    return out
+
+
+def pretrain_tissue(job: dict) -> str:
+    """Continued pretraining of the corpus model on one tissue's training cells of one seed (labels unused)."""
+    import torch
+
+    from celler.pretrain import pretrain
+
+    torch.set_num_threads(1)
+    out = Path(job["out"])
+    if (out / "model.pt").exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == job["key"]:
+        return str(out)
+    pretrain([job["store"]], out, job["cfg"], cells=job["cells"])
+    (out / "key.txt").write_text(job["key"])
+    return str(out)
+
+
+def pretrain_plan(config: dict, jobs: list[dict], corpus: Path) -> list[dict]:
+    """One continued pretraining per (tissue, seed) that a pretrained Celler run needs; sets job['pretrained']."""
+    p = config["pretrain"]
+    cfg = pretrain_config(config, init=str(corpus), max_steps=p.get("tissue_steps", 300),
+                          warmup_steps=min(p.get("warmup_steps", 40), 20))
+    plans = {}
+    for job in jobs:
+        if not job["method"].startswith("celler") or job["settings"].get("init", "pretrained") == "scratch":
+            continue
+        cells = sorted(set(job["train"]) | set(job["unlabelled"]))
+        key = run_key("pretrain", {"cfg": repr(cfg)}, pd.Index(cells))
+        out = OUT / "pretrain" / job["tissue"] / f"seed{job['seed']}"
+        plans[str(out)] = {"store": job["store"], "cells": cells, "cfg": cfg, "key": key, "out": str(out)}
+        job["pretrained"] = str(out)
+        job["key"] = run_key(job["method"], {**job["settings"], "pretrained": key}, pd.Index(job["train"]),
+                             pd.Index(job["unlabelled"]))
+    return list(plans.values())
+
+
 def _celler(job, train, test) -> pd.DataFrame:
     import tempfile
     from dataclasses import replace
@@ -122,7 +167,7 @@ def _celler(job, train, test) -> pd.DataFrame:
 
     cfg, scgpt_dir = finetune_config(job["settings"])
     cfg = replace(cfg, seed=job["seed"])
-    pretrained = scgpt_dir or (None if cfg.init == "scratch" else str(REPO / "results/pretrain/model"))
+    pretrained = scgpt_dir or (None if cfg.init == "scratch" else job["pretrained"])
     with tempfile.TemporaryDirectory() as tmp:
         model, _, _ = finetune(job["store"], Path(tmp) / "model", cfg, pretrained=pretrained, train_cells=train)
     store = TokenStore(job["store"])
@@ -148,12 +193,14 @@ def _baseline(job, train, test) -> pd.DataFrame:
 
 
 def prepare(config: dict, tissues: list[str], cores: int) -> None:
-    """Token stores, expression matrices and the pretrained model, by the workflow (reused when present)."""
-    targets = [f"results/{t}/{f}" for t in tissues for f in ("tokens", "expr.h5ad")] + ["results/pretrain/model"]
+    """Token stores (tissues and corpus) and expression matrices, by the workflow (reused when present)."""
+    targets = ([f"results/{t}/{f}" for t in tissues for f in ("tokens", "expr.h5ad")]
+               + [f"results/{name}/tokens" for name in config.get("corpus", {})])
     subprocess.run(["snakemake", "-c", str(cores), *targets], cwd=REPO, check=True)
 
 
 def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fractions=(1.0,)) -> list[dict]:
+    from celler.longtail import label_fraction
     from celler.tokens import TokenStore
 
     jobs = []
@@ -165,7 +212,7 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fra
             methods = {f"celler_{name}" if name != "default" else "celler": s for name, s in variants.items()}
             methods |= {b: {} for b in baselines}
             for fraction in fractions:
-                train = label_subset(cells.loc[all_train, "label"].astype(str), fraction, seed)
+                train = label_fraction(cells.loc[all_train, "label"].astype(str), fraction, seed)
                 unlabelled = all_train.difference(train)
                 tag = "" if fraction >= 1 else f"_f{fraction:g}"
                 for method, settings in methods.items():
@@ -267,11 +314,14 @@ def main() -> None:
     jobs = plan_all = plan(config, tissues, args.seeds, variants, baselines, args.label_fractions)
     start = time.perf_counter()
     if args.score_only:
+        pretrain_plan(config, jobs, OUT / "pretrain" / "corpus")  # the run keys name the pretrained model
         jobs = [j for j in jobs if finished(j)]
         infos = [json.loads(Path(j["out"]).with_suffix(".json").read_text()) for j in jobs]
         args.title += f" (partial: {len(jobs)} of {len(plan_all)} runs finished)" if len(jobs) < len(plan_all) else ""
     else:
+        pretraining = pretrain_plan(config, jobs, pretrain_corpus(config))
         with ProcessPoolExecutor(args.workers) as pool:
+            list(pool.map(pretrain_tissue, pretraining))
             infos = list(pool.map(run_one, jobs))
     wall = time.perf_counter() - start
     runs = score(jobs, infos, float(config["evaluate"].get("rare_fraction", 0.03)))

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celler.longtail import induce_long_tail, load_kept_cells, load_long_tail, save_long_tail
+from celler.longtail import induce_long_tail, label_fraction, load_kept_cells, load_long_tail, save_long_tail
 
 # CBMC's natural training class sizes: already long-tailed (natural ratio ~62)
 CBMC = [3086, 2481, 976, 348, 282, 219, 143, 93, 81, 80, 50]
@@ -119,3 +119,23 @@ def test_save_and_load_round_trip(cbmc, tmp_path):
     assert back.realised_ratio == pytest.approx(result.realised_ratio)
     assert meta["ratio"] == "10"
     assert meta["seed"] == "4"
+
+
+def test_label_fraction_is_stratified_with_a_floor_and_seeded():
+    labels = make_labels(CBMC, shuffle_seed=0)
+    kept = label_fraction(labels, 0.1, seed=0)
+    counts = labels[kept].value_counts()
+    expected = {f"type{i:02d}": max(3, round(0.1 * n)) for i, n in enumerate(CBMC)}
+    assert counts.to_dict() == expected  # 309, 248, ... down to 5 (50 cells) and the floor of 3 nowhere hit
+    tiny = label_fraction(labels, 0.01, seed=0)
+    assert labels[tiny].value_counts().min() == 3  # 1% of 50 is 0.5: the floor
+    assert tiny.isin(labels.index).all() and not tiny.duplicated().any()
+    assert kept.equals(label_fraction(labels, 0.1, seed=0))
+    assert not kept.equals(label_fraction(labels, 0.1, seed=1))
+    small = make_labels([10, 2])
+    assert labels_of(small, label_fraction(small, 0.01, seed=0)) == {"type00": 3, "type01": 2}  # all of a class < 3
+    assert label_fraction(labels, 1.0, seed=0).equals(labels.index)
+
+
+def labels_of(labels, kept):
+    return labels[kept].value_counts().to_dict()

@@ -91,12 +91,30 @@ def test_failed_job_leaves_no_output(tmp_path):
     assert "obs column 'no_such_column' (config key 'label') not found" in log
 
 
+def test_per_tissue_pretraining_continues_the_shared_model_and_feeds_fine_tuning(tokenized):
+    """pretrain.per_tissue: all (the test config): each tissue's continued pretraining starts from the shared
+    model, reads only that tissue's training cells, and is the model its fine-tuning starts from."""
+    wd = tokenized
+    for tissue in ("pancreas", "pbmc68k"):
+        own = wd / f"results/{tissue}/pretrained"
+        config = json.loads((own / "config.json").read_text())
+        assert config["pretrain"]["init"] == "results/pretrain/model"
+        assert config["steps"] == 10 and config["stores"] == [f"results/{tissue}/tokens"]
+        cells = TokenStore(wd / f"results/{tissue}/tokens").cells
+        assert config["n_cells"] == int((cells["split"].astype(str) != "test").sum())
+        shared = torch.load(wd / "results/pretrain/model/model.pt", weights_only=True)["encoder"]
+        tuned = torch.load(own / "model.pt", weights_only=True)["encoder"]
+        assert not torch.equal(shared["gene_embedding.weight"], tuned["gene_embedding.weight"])
+        used = json.loads((wd / f"results/{tissue}/model/config.json").read_text())["pretrained"]
+        assert used == f"results/{tissue}/pretrained"
+
+
 def test_finetune_and_evaluation_outputs(tokenized):
     wd = tokenized
     assert (wd / "results/pretrain/model/model.pt").exists()
     for tissue in ("pancreas", "pbmc68k"):
         pred = pd.read_csv(wd / f"results/{tissue}/celler/predictions.tsv", sep="\t")
-        assert set(pred.columns) == {"cell", "split", "level", "true", "predicted", "confidence"}
+        assert set(pred.columns) == {"cell", "split", "level", "true", "predicted", "confidence", "unassigned"}
         assert set(pred.split) == {"test"}
         metrics = pd.read_csv(wd / f"results/{tissue}/evaluation/metrics.tsv", sep="\t")
         assert set(metrics.method) == {"celler", "logreg", "logreg_balanced", "knn"}

@@ -58,6 +58,7 @@ class FinetuneConfig:
     head_dropout: float | None = None  # dropout inside the classifier heads (None: the encoder config's)
     epochs: int = 10  # at most this many passes over the training cells
     max_steps: int | None = None  # caps the epochs of large tissues: at most ceil(max_steps / steps per epoch)
+    min_steps: int = 0  # small label sets: at least this many steps (more epochs), no early stop before them
     patience: int = 3  # stop after this many epochs without a better validation macro-F1
     val_fraction: float = 0.1  # stratified share of the training cells used for model selection
     freeze_encoder: bool = False  # train the heads only (the encoder's embeddings are computed once)
@@ -159,8 +160,10 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
     optimizer = configure_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device.type,
                                      slow=model.encoder, slow_scale=cfg.encoder_lr_scale)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / cfg.batch_size)))
+    min_epochs = int(np.ceil(cfg.min_steps / steps_per_epoch))
+    epochs = max(epochs, min_epochs)
     if cfg.max_steps:
-        epochs = max(1, min(epochs, int(np.ceil(cfg.max_steps / steps_per_epoch))))
+        epochs = max(1, min(epochs, int(np.ceil(max(cfg.max_steps, cfg.min_steps) / steps_per_epoch))))
     total_steps = epochs * steps_per_epoch
     warmup = max(1, total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to 0
@@ -211,7 +214,7 @@ def _train(model, store, train_idx, val_idx, targets, losses, cfg, *, epochs, fr
             best, since_best = (f1["subclass"], copy.deepcopy(model.state_dict())), 0
         else:
             since_best += 1
-            if since_best >= cfg.patience:
+            if since_best >= cfg.patience and epoch + 1 >= min_epochs:
                 break
     return best
 

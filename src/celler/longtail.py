@@ -76,6 +76,24 @@ def induce_long_tail(labels: pd.Series, ratio: float, seed: int) -> LongTail:
     return LongTail(kept, table, float(n_keep.max() / n_keep.min()))
 
 
+def label_fraction(labels: pd.Series, fraction: float, seed: int, *, min_cells: int = 3) -> pd.Index:
+    """The cells that keep their label when only ``fraction`` of the training labels are given (the
+    label-efficiency benchmark): per class round(fraction · n), at least ``min_cells`` (all of a smaller class),
+    drawn with ``seed``; ``fraction`` >= 1 keeps every cell. The rest stay training cells without a label."""
+    if not 0 < fraction:
+        msg = f"label fraction must be > 0, got {fraction}"
+        raise LongTailError(msg)
+    if fraction >= 1:
+        return labels.index
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cls in sorted(labels.astype(str).unique()):
+        members = labels.index[labels.astype(str).to_numpy() == cls]
+        n = min(len(members), max(min_cells, round(fraction * len(members))))
+        keep.append(members[np.sort(rng.choice(len(members), n, replace=False))])
+    return keep[0].append(keep[1:])
+
+
 def save_long_tail(result: LongTail, cells_path: str | Path, table_path: str | Path, **meta: object) -> None:
     """Write the kept cells (one name per line) and the per-class table (TSV) so a run can be reproduced.
 

@@ -291,25 +291,34 @@ class ProfileEncoder(nn.Module):
 
 
 class ProfileDecoder(nn.Module):
-    """Predicts every gene's normalised value (bin / (n_bins - 1), 0 when not expressed) from a cell vector:
-    ``value[b, g] = <query(cell_b), key(E_g)> + bias(E_g)``, with ``E_g`` the gene's embedding.
+    """Scores genes for a cell vector: ``score[b, g] = <query(cell_b), E_g> + bias_g``, with ``E_g`` the gene's
+    embedding (the same vectors the profile view sums) and ``bias_g`` a learned per-gene offset (how often
+    the gene is expressed at all, so that the cell vector carries what differs between cells).
 
-    The cell-level pretraining objective (scGPT's gene-expression prediction for cell modelling, on the
-    profile view): a cell vector built from part of its genes must predict all of them, zeros included,
-    so the gene vectors learn which genes are expressed together, which is what the classifier's profile
-    view reads. Genes are scored through their embeddings, so one decoder serves any vocabulary size.
+    The cell-level pretraining objective (:meth:`MaskedValueModel.profile_loss`) is a gene bag model in
+    the manner of word2vec's CBOW: a cell vector built from some of its genes must pick out its other
+    expressed genes among the genes of the batch, so gene vectors of genes expressed together align, which
+    is what the classifier's profile view reads.
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.query = nn.Linear(config.d_model, config.d_model)
-        self.key = nn.Linear(config.d_model, config.d_model)
-        self.bias = nn.Linear(config.d_model, 1)
+        self.bias = nn.Embedding(config.vocab_size, 1)
         self.apply(_init_weights)
+        nn.init.zeros_(self.bias.weight)
 
-    def forward(self, cells, gene_vectors):
-        """cells: (B, d); gene_vectors: (G, d) -> predicted values (B, G)."""
-        return self.query(cells) @ self.key(gene_vectors).T + self.bias(gene_vectors).T
+    def forward(self, cells, gene_vectors, genes):
+        """cells: (B, d); gene_vectors: (G, d) of the gene ids ``genes`` (G,) -> scores (B, G)."""
+        return self.query(cells) @ gene_vectors.T + self.bias(genes).T
+
+    def resize(self, vocab_size: int) -> None:
+        """Grow the per-gene offsets with an extended vocabulary (new genes start at 0)."""
+        old = self.bias.weight.data
+        self.bias = nn.Embedding(vocab_size, 1, device=old.device, dtype=old.dtype)
+        nn.init.zeros_(self.bias.weight)
+        with torch.no_grad():
+            self.bias.weight[: len(old)] = old
 
 
 class ClassifierHead(nn.Module):
@@ -372,19 +381,26 @@ class MaskedValueModel(nn.Module):
         return out if profile is None else (*out, self.profile_loss(*profile))
 
     def profile_loss(self, genes, values, offsets, hidden):
-        """Mean squared error of every (cell, gene) value over the genes expressed anywhere in the batch.
+        """Cross-entropy of a cell's hidden genes among the batch's genes that the cell does not show.
 
         genes, values, offsets: the batch's whole profiles, flat (collate); hidden: (N,) bool, the genes
-        left out of the cell's input vector (they, and all the others, are predicted)."""
-        n_cells = len(offsets)
+        left out of the cell's input vector. Each cell's vector (its visible genes) scores every gene
+        expressed anywhere in the batch except its own visible ones; the target is its hidden genes,
+        weighted by their values (bin / (n_bins - 1)). Cells with nothing hidden are skipped."""
         cell = _cell_of(offsets, len(genes))
-        visible = values.masked_fill(hidden, 0)
-        cells = self.profile(genes, visible, offsets)  # (B, d)
+        cells = self.profile(genes, values.masked_fill(hidden, 0), offsets)  # (B, d)
         batch_genes, column = torch.unique(genes, return_inverse=True)  # (G,), (N,)
-        target = torch.zeros(n_cells, len(batch_genes), device=cells.device)
-        target[cell, column] = values.float() / (self.config.n_bins - 1)
-        pred = self.decoder(cells, self.encoder.gene_embedding(batch_genes))  # (B, G)
-        return F.mse_loss(pred.float(), target)
+        scores = self.decoder(cells, self.encoder.gene_embedding(batch_genes), batch_genes).float()  # (B, G)
+        seen = ~hidden
+        scores = scores.index_put((cell[seen], column[seen]), torch.tensor(float("-inf"), device=scores.device))
+        target = torch.zeros_like(scores)
+        target = target.index_put((cell[hidden], column[hidden]), values[hidden].float(), accumulate=True)
+        mass = target.sum(1)
+        keep = mass > 0
+        if not keep.any():
+            return scores.sum() * 0.0
+        logp = torch.log_softmax(scores[keep], 1).masked_fill(target[keep] == 0, 0.0)
+        return -((target[keep] * logp).sum(1) / mass[keep]).mean()
 
 
 def _cell_of(offsets, n: int):

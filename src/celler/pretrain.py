@@ -518,6 +518,8 @@ def start_from(model_dir, store, *, profile: bool) -> MaskedValueModel:
     if len(vocab) > len(model_vocab) and vocab.tokens[: len(model_vocab)] == model_vocab.tokens:
         model.encoder.resize_token_embeddings(len(vocab))
         model.config = model.encoder.config
+        if model.decoder is not None:
+            model.decoder.resize(len(vocab))
         model.tie_profile()
     else:
         check_vocab(vocab, model_vocab, what=f"model {d}")
