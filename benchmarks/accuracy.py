@@ -105,7 +105,7 @@ def pretrain_config(config: dict, **overrides):
     p = config["pretrain"]
     keys = ("max_steps", "batch_size", "lr", "warmup_steps", "max_len", "mask_ratio", "profile_weight")
     return PretrainConfig(preset=p.get("preset", "tiny"), checkpoint_every=0,
-                          **{k: p[k] for k in keys if k in p}, **overrides)
+                          **({k: p[k] for k in keys if k in p} | overrides))
 
 
 def pretrain_corpus(config: dict) -> Path:
@@ -312,6 +312,8 @@ def main() -> None:
 
     prepare(config, tissues, args.workers)
     jobs = plan_all = plan(config, tissues, args.seeds, variants, baselines, args.label_fractions)
+    # the first fraction given, every tissue and seed, comes first: a stopped run still has whole rows
+    jobs.sort(key=lambda j: (args.label_fractions.index(j["fraction"]), j["seed"]))
     start = time.perf_counter()
     if args.score_only:
         pretrain_plan(config, jobs, OUT / "pretrain" / "corpus")  # the run keys name the pretrained model

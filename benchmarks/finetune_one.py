@@ -1,0 +1,56 @@
+"""One fine-tuning run at a label fraction: validation and test macro-F1 on one line (for sweeps of defaults).
+
+    python benchmarks/finetune_one.py pbmc_facs 0.1 0 results/accuracy/pretrain/pbmc_facs/seed0 '{"min_steps": 250}'
+    python benchmarks/finetune_one.py pbmc_facs 0.1 0 scratch '{"min_steps": 250}'
+
+Arguments: tissue, share of the training labels, seed, a pretrained model directory or ``scratch``, and
+``finetune:`` overrides as JSON. The split and the labelled cells are those of ``benchmarks/accuracy.py`` for the
+seed. Choose defaults on the ``val=`` figure (the validation cells inside the training cells); ``test=`` is
+printed for the record only.
+"""
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accuracy import REPO, split_cells
+
+from celler.classifier import predictions_table
+from celler.finetune import finetune
+from celler.longtail import label_fraction
+from celler.metrics import evaluate
+from celler.stages import finetune_config
+from celler.tokens import TokenStore
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    tissue, fraction, seed, start = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    store_path = REPO / f"results/{tissue}/tokens"
+    store = TokenStore(store_path)
+    cells = store.cells
+    train, test = split_cells(cells, config["tissues"][tissue].get("split", {}), seed)
+    labelled = label_fraction(cells.loc[train, "label"].astype(str), fraction, seed)
+    cfg, _ = finetune_config(dict(config["finetune"]) | overrides)
+    cfg = replace(cfg, seed=seed, init="scratch" if start == "scratch" else "pretrained")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, info = finetune(store_path, Path(tmp) / "m", cfg, pretrained=None if start == "scratch" else start,
+                                  train_cells=labelled)
+    pred, _ = predictions_table(model, store, np.flatnonzero(cells.index.isin(test)), cfg)
+    res = evaluate(pred, cells.loc[labelled, "label"].astype(str).value_counts(), level="subclass")
+    print(f"RESULT {tissue} f={fraction:g} seed={seed} start={start} overrides={json.dumps(overrides)} "
+          f"n_labelled={len(labelled)} val={info['val_macro_f1']:.3f} test={res['macro_f1']:.3f} "
+          f"s={time.perf_counter() - t0:.0f}")
+
+
+if __name__ == "__main__":
+    main()
