@@ -40,7 +40,7 @@ def corpus_model(config: dict, weight: float) -> Path:
 
 def profile_view(model_dir, store, seed: int):
     """The frozen profile view of ``model_dir`` (grown to the store's vocabulary), or a fresh one."""
-    from celler.model import Encoder, ProfileEncoder, preset
+    from celler.model import ProfileEncoder, preset
     from celler.pretrain import load_pretrained, load_profile_norm
 
     vocab = store.vocab()

@@ -35,6 +35,7 @@ from celler.classifier import CellClassifier, save_classifier
 from celler.finetune import FinetuneConfig
 from celler.model import Encoder, preset
 from celler.tokens import TokenStore
+from conftest import TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 XIN = ROOT / "resources/data/pancreas_xin_scclassify.h5ad"
@@ -274,7 +275,7 @@ def test_cli_end_to_end_leaves_the_query_untouched(model_dir, tmp_path):
     out = tmp_path / "annotated.h5ad"
     cmd = [sys.executable, "-m", "celler.cli", "annotate", str(XIN), "--model", str(model_dir),
            "--out", str(out), "--csv", str(tmp_path / "out.csv"), "--majority-voting", "--batch-key", "batch"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _sha(XIN) == before
     a = ad.read_h5ad(out)
@@ -286,11 +287,11 @@ def test_cli_end_to_end_leaves_the_query_untouched(model_dir, tmp_path):
     assert len(csv) == a.n_obs and csv["label"].equals(a.obs["celler_label"].astype(str).rename("label"))
     # a user error is one line, exit status 1
     bad = subprocess.run([sys.executable, "-m", "celler.cli", "annotate", str(XIN), "--model", str(tmp_path),
-                          "--out", str(tmp_path / "x.h5ad")], capture_output=True, text=True, check=False)
+                          "--out", str(tmp_path / "x.h5ad")], capture_output=True, text=True, check=False, timeout=TIMEOUT)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("celler: error:")
     same = subprocess.run([sys.executable, "-m", "celler.cli", "annotate", str(XIN), "--model",
-                           str(model_dir), "--out", str(XIN)], capture_output=True, text=True, check=False)
+                           str(model_dir), "--out", str(XIN)], capture_output=True, text=True, check=False, timeout=TIMEOUT)
     assert same.returncode == 1 and "it is the input" in same.stderr and _sha(XIN) == before
 
 

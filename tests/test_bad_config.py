@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, skip_or_fail, tree
+from conftest import TIMEOUT, one_error_line, skip_or_fail, tree
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = (REPO / ".test/config.yaml").read_text()
@@ -27,7 +27,7 @@ def snakemake_installed():
 
 def _dry_run(workdir: Path, *args):
     return subprocess.run(["snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
-                          capture_output=True, text=True, check=False, cwd=workdir)
+                          capture_output=True, text=True, check=False, cwd=workdir, timeout=TIMEOUT)
 
 
 @pytest.fixture(autouse=True)

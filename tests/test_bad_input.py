@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import fails, set_x, tree
+from conftest import TIMEOUT, fails, set_x, tree
 
 from celler.cli import main
 from celler.io import OUTPUT_MARKER
@@ -43,7 +43,7 @@ def _run(tmp_path, h5ad, *extra):
     before = tree(tmp_path)
     cmd = [sys.executable, "-m", "celler.cli", "tokenize", str(h5ad), "--out", str(out), "--min-genes", "10",
            *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False, timeout=TIMEOUT)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr  # one line: not also a timestamped log line
     assert proc.stderr.startswith("celler: error:"), proc.stderr
@@ -350,7 +350,7 @@ def test_good_input_succeeds_and_is_untouched(tmp_path):
     before = _digest(h5ad)
     out = tmp_path / "ok"
     subprocess.run([sys.executable, "-m", "celler.cli", "tokenize", str(h5ad), "--out", str(out),
-                    "--min-genes", "10", "--batch", "donor"], check=True, cwd=REPO, capture_output=True)
+                    "--min-genes", "10", "--batch", "donor"], check=True, cwd=REPO, capture_output=True, timeout=TIMEOUT)
     assert (out / "tokens" / "meta.json").exists()
     assert (out / "qc.png").stat().st_size > 0
     assert _digest(h5ad) == before

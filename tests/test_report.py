@@ -473,6 +473,7 @@ CHROMIUM_FLAGS = [
     "--disable-gpu",
     "--no-first-run",
     "--disable-background-networking",
+    "--disable-component-update",
     "--enable-logging=stderr",
     "--v=0",
     "--hide-scrollbars",
@@ -482,7 +483,8 @@ CHROMIUM_FLAGS = [
 
 def _chromium(*args, cwd) -> subprocess.CompletedProcess:
     run = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *args], capture_output=True, text=True, timeout=120, cwd=cwd
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={Path(cwd) / 'chromium-profile'}", *args],
+        capture_output=True, text=True, timeout=120, cwd=cwd,
     )
     assert run.returncode == 0, f"chromium exited {run.returncode}: {run.stderr[-2000:]}"
     console = [ln for ln in run.stderr.splitlines() if "INFO:CONSOLE" in ln]

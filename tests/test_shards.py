@@ -21,7 +21,7 @@ from celler.shards import ValueSample, merge_samples, plan_shards, tokenize_shar
 from celler.stages import map_stage, qc_stage, read_mapping, read_qc
 from celler.synth import make_synthetic
 from celler.tokens import ConcatStore, TokenStore, tokenize
-from conftest import skip_or_fail
+from conftest import TIMEOUT, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = {"inputs": ["data/a.h5ad", "data/b.h5ad"], "batch": "batch", "qc": {"min_genes": 30, "min_cells": 3}}
@@ -145,7 +145,7 @@ def test_value_sample_stays_uniform_when_it_thins():
 
 def _snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml")]
-    return subprocess.run([*cmd, "-c2", *args], capture_output=True, text=True, check=False, cwd=wd)
+    return subprocess.run([*cmd, "-c2", *args], capture_output=True, text=True, check=False, cwd=wd, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import skip_or_fail
+from conftest import TIMEOUT, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / ".test/config.yaml"
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw, timeout=TIMEOUT)
 
 
 def _ensure_packages() -> None:
@@ -186,9 +186,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     _ensure_packages()
     if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(MARKER):
-        pytest.skip(
-            f"{SLURM_CONF} exists (a configured SLURM?); this test only runs where it may write its own"
-        )
+        skip_or_fail(f"{SLURM_CONF} exists (a configured SLURM?); this test only runs where it may write its own")
     c = Cluster(tmp_path_factory.mktemp("slurm"))
     try:
         c.start()

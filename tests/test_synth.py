@@ -1,6 +1,5 @@
 """The synthetic generator: format, reproducibility, long tail, hierarchy, markers, NB counts, speed."""
 
-import time
 
 import numpy as np
 import pytest
@@ -117,12 +116,10 @@ def test_counts_are_negative_binomial():
     assert abs(x.mean() - mu / (1 - d.pmf(0))) < 0.2
 
 
-def test_speed_and_memory_lean():
-    t = time.perf_counter()
+def test_large_draw_is_sparse_and_lean():
+    """100,000 cells come out with their shape and sparse (timing: benchmarks/preprocess.py, not a test)."""
     a = make_synthetic(100_000, seed=0)
-    elapsed = time.perf_counter() - t
     assert a.shape == (100_000, 2000)
-    assert elapsed < 20, f"{elapsed:.1f} s for 100k cells (1M cells must stay well under a minute)"
     assert a.X.data.nbytes + a.X.indices.nbytes < 1.3 * 0.1 * 100_000 * 2000 * 8
 
 

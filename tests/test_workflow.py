@@ -13,7 +13,7 @@ import torch
 
 from celler.pretrain import PretrainConfig, pretrain
 from celler.tokens import TokenStore
-from conftest import skip_or_fail
+from conftest import TIMEOUT, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     (workdir / "resources").exists() or (workdir / "resources").symlink_to(REPO / "resources")
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
            str(REPO / ".test/config.yaml"), "-c2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=workdir)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=workdir, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def tokenized(tmp_path_factory):
 
 
 def test_lint_is_clean():
-    proc = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, check=False)
+    proc = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, check=False, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
@@ -84,7 +84,7 @@ def test_failed_job_leaves_no_output(tmp_path):
     (tmp_path / "resources").symlink_to(REPO / "resources")
     proc = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
                            str(tmp_path / "bad.yaml"), "-c1", "results/pbmc68k/qc/cells.tsv.gz"],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert not (tmp_path / "results/pbmc68k/qc/cells.tsv.gz").exists()
     log = (tmp_path / "logs/qc/pbmc68k.log").read_text()

@@ -74,7 +74,14 @@ def _tokenize(args) -> None:
     from celler.config import dataset_spec
     from celler.io import atomic_path, check_replaceable
 
+    from celler.resources import default_vocab_path
+    from celler.vocab import Vocab
+
     check_replaceable(args.out, directory=True, inputs=[args.h5ad], force=args.force)  # before any work
+    if not 3 <= args.n_bins <= 256:  # options are checked before the QC work, so a mistake costs nothing
+        msg = f"--n-bins {args.n_bins}: n_bins must be between 3 and 256 (bins are stored as uint8)"
+        raise CellerError(msg)
+    Vocab.load(args.vocab or default_vocab_path())  # a missing or broken vocabulary file fails here
     spec = dataset_spec(Path(args.h5ad).stem, {
         "inputs": [args.h5ad], "label": args.label, "batch": args.batch, "matrix": args.matrix,
         "vocab_mode": args.vocab_mode, "qc": {"min_genes": args.min_genes, "min_cells": 1}})

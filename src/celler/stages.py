@@ -26,7 +26,8 @@ def qc_stage(spec: DatasetSpec, *, cells_out, genes_out, summary_out, plot_out, 
     for path, kind in kinds.items():
         log.info("%s: %s", path, "raw counts -> normalise_total(1e4) + log1p where needed" if kind == "counts"
                  else "already log-normalised -> used as is")
-    log.info("QC summary for %s:\n%s", spec.name, summary.to_string(index=False))
+    log.info("QC summary for %s: %s", spec.name,  # one line: a log that ends in an error stays one error line
+             "; ".join(f"{r.step} -{r.removed} = {r.left}" for r in summary.itertuples()))
     for out, frame, index in ((cells_out, cells, True), (genes_out, genes, True), (summary_out, summary, False)):
         with atomic_path(out) as tmp:
             frame.to_csv(tmp, sep="\t", index=index, compression={"method": "gzip", "compresslevel": 1}
@@ -75,7 +76,8 @@ def map_stage(
     )
     report = mapping.summary()
     unmapped = mapping.table.loc[mapping.table["source"] == "unmapped", "gene"]
-    log.info("%s: %d of %d genes mapped\n%s", spec.name, mapping.n_mapped, len(mapping.table), report.to_string(index=False))
+    log.info("%s: %d of %d genes mapped (%s)", spec.name, mapping.n_mapped, len(mapping.table),
+             "; ".join(f"{r.what} {r.n}" for r in report.itertuples()))
     with atomic_path(mapping_out) as tmp:
         mapping.table.to_csv(tmp, sep="\t", index=False)
     with atomic_path(report_out) as tmp:
