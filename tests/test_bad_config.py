@@ -81,10 +81,11 @@ def _replace(old, new):
      "tissues.pbmc68k: Additional properties are not allowed ('lable' was unexpected)"),
     (_replace("pbmc68k_reduced.h5ad", "pbmc68k_reduced.csv"), "tissues.pbmc68k.inputs.0: 'resources/data/"
      "pbmc68k_reduced.csv' is not valid"),
-    (_replace("pbmc68k_reduced.h5ad", "nope.h5ad"), "tissues.pbmc68k.inputs: "),
+    (_replace("pbmc68k_reduced.h5ad", "nope.h5ad"), "tissues.pbmc68k.inputs: resources/data/nope.h5ad: not found"),
     (_replace("resources/data/pbmc68k_reduced.h5ad", "folder.h5ad"),
      "tissues.pbmc68k.inputs: folder.h5ad: is a folder"),
-    (_replace("queries: [", "queries: [resources/missing_query.h5ad, "), "tissues.pancreas.queries: "),
+    (_replace("queries: [", "queries: [resources/missing_query.h5ad, "),
+     "tissues.pancreas.queries: resources/missing_query.h5ad: not found"),
     (_replace("split: {by: fraction, test_fraction: 0.3, seed: 0}", "split: {by: column}"),
      "tissues.pbmc68k.split: 'column' is a required property"),
     (_replace("test_fraction: 0.3", "test_fraction: 1.5"), "tissues.pbmc68k.split.test_fraction"),
@@ -95,6 +96,38 @@ def _replace(old, new):
         "test-fraction-above-1", "no-tissues"])
 def test_bad_configfile(tmp_path, edit, words):
     (tmp_path / "folder.h5ad").mkdir()
+    (tmp_path / "bad.yaml").write_text(edit(GOOD))
+    msg = _fails(tmp_path, "--configfile", "bad.yaml")
+    assert msg.startswith("celler: error: bad.yaml: "), msg
+    assert words in msg, msg
+
+
+WANG = "resources/data/pancreas_wang_scclassify.h5ad"
+PBMC68K = "resources/data/pbmc68k_reduced.h5ad"
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (_replace("label: celltype", "label: celltyp"),
+     f"tissues.pancreas.label: {WANG} has no obs column 'celltyp'; its columns: celltype, "),
+    (_replace("batch: batch", "batch: study"), f"tissues.pancreas.batch: {WANG} has no obs column 'study'"),
+    (_replace("label: bulk_labels", "label: bulk_labels\n    parent_label: lineage"),
+     f"tissues.pbmc68k.parent_label: {PBMC68K} has no obs column 'lineage'; its columns: "),
+    (_replace("split: {by: fraction, test_fraction: 0.3, seed: 0}", "split: {by: column, column: donor, "
+              "test_values: [a]}"), f"tissues.pbmc68k.split.column: {PBMC68K} has no obs column 'donor'"),
+    (_replace("split: {by: file}", "split: {by: column, column: batch, test_values: [baron]}"),
+     "tissues.pancreas.split.test_values: ['baron'] match no cell of column 'batch'; its values: "),
+    (_replace("matrix: raw", "matrix: layers/counts"),
+     f"tissues.pbmc68k.matrix: {PBMC68K} has no layer 'counts'; its layers: none"),
+    (_replace("label: celltype", "label: celltype\n    matrix: raw"),
+     f"tissues.pancreas.matrix: {WANG} has no .raw"),
+    (_replace("label: celltype", "label: celltype\n    drop_labels: [alpha, beta, gamma, delta, ductal, acinar, "
+              "stellate]"),
+     "tissues.pancreas.drop_labels: removes every class of 'celltype'"),
+], ids=["label-column", "batch-column", "parent-column", "split-column", "split-values", "layer", "raw",
+        "drop-every-label"])
+def test_config_keys_checked_against_the_files_before_any_job(tmp_path, edit, words):
+    """Keys that name things inside the inputs are checked when the workflow is parsed (a dry run here): one
+    line naming the config, the key, the file and what it has instead; no job starts, no file is written."""
     (tmp_path / "bad.yaml").write_text(edit(GOOD))
     msg = _fails(tmp_path, "--configfile", "bad.yaml")
     assert msg.startswith("celler: error: bad.yaml: "), msg

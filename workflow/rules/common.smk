@@ -6,12 +6,14 @@ from snakemake.utils import validate
 
 from celler.config import all_datasets, check_config, check_input_files, config_source
 from celler.errors import CellerError
+from celler.preflight import check_inputs_against_config
 
 # one line naming the config file and the key, before Snakemake's own (more verbose) validation fills defaults
 CONFIG_SOURCE = config_source(workflow.overwrite_configfiles, overrides=bool(workflow.config_settings.config))
 try:
     check_config(config, workflow.source_path("../schemas/config.schema.yaml"), source=CONFIG_SOURCE)
     check_input_files(config, source=CONFIG_SOURCE)
+    check_inputs_against_config(config, source=CONFIG_SOURCE)  # the config's keys against the files' obs
 except CellerError as e:
     sys.exit(f"celler: error: {e}")
 validate(config, schema="../schemas/config.schema.yaml")
