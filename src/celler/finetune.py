@@ -62,8 +62,6 @@ class FinetuneConfig:
     patience: int = 3  # stop after this many epochs without a better validation macro-F1
     val_fraction: float = 0.1  # stratified share of the training cells used for model selection
     freeze_encoder: bool = False  # train the heads only (the encoder's embeddings are computed once)
-    probe_first: bool = False  # from a pretrained model: train the heads alone first (pretrained views frozen),
-    #                            then everything (LP-FT: fresh heads do not distort the pretrained features)
     two_stage: bool = False  # a second stage on confidently misclassified training cells
     two_stage_epochs: int = 2
     two_stage_confidence: float = 0.8  # "high confidence": predicted-class probability above this
@@ -287,15 +285,6 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
             frozen = np.zeros((len(store), model.embedding_dim), np.float32)
             frozen[np.union1d(train_idx, val_idx)] = frozen_part
         tag = f"{name} {params}" if cfg.loss == "auto" else "main"
-        if cfg.probe_first and pretrained is not None and cfg.init != "scratch" and not cfg.freeze_encoder:
-            views = [m for m in (model.encoder, model.profile) if m is not None]
-            for m in views:
-                m.requires_grad_(False)
-            _, state = _train(model, store, train_idx, val_idx, targets, losses, cfg, epochs=cfg.epochs,
-                              log_rows=rows, stage="probe")
-            model.load_state_dict(state)
-            for m in views:
-                m.requires_grad_(True)
         f1, state = _train(model, store, train_idx, val_idx, targets, losses, cfg, epochs=cfg.epochs,
                            frozen_emb=frozen, log_rows=rows, stage=tag)
         model.load_state_dict(state)
