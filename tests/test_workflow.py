@@ -79,7 +79,10 @@ def test_pbmc68k_uses_raw_matrix(tokenized):
 
 
 def test_failed_job_leaves_no_output(tmp_path):
-    cfg = (REPO / ".test/config.yaml").read_text().replace("label: bulk_labels", "label: no_such_column")
+    """A job that fails on its data (every cell below min_genes: only the QC job can know) writes nothing.
+    (A wrong column name no longer gets this far: it fails when the workflow is parsed, test_bad_config.)"""
+    cfg = (REPO / ".test/config.yaml").read_text().replace(
+        "label: bulk_labels", "label: bulk_labels\n    qc: {min_genes: 100000}")
     (tmp_path / "bad.yaml").write_text(cfg)
     (tmp_path / "resources").symlink_to(REPO / "resources")
     proc = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
@@ -88,7 +91,7 @@ def test_failed_job_leaves_no_output(tmp_path):
     assert proc.returncode != 0
     assert not (tmp_path / "results/pbmc68k/qc/cells.tsv.gz").exists()
     log = (tmp_path / "logs/qc/pbmc68k.log").read_text()
-    assert "obs column 'no_such_column' (config key 'label') not found" in log
+    assert "min_genes" in log and "celler: error:" in log, log[-2000:]
 
 
 def test_per_tissue_pretraining_continues_the_shared_model_and_feeds_fine_tuning(tokenized):
