@@ -210,9 +210,14 @@ def _unknown_genes(a):
         "no-batch-column", "no-raw", "no-layer", "nothing-left-after-qc", "one-bin", "too-many-bins",
         "vocab-missing", "vocab-not-json", "duplicate-cells", "no-vocabulary-overlap", "vocab-a-list"])
 def test_bad_matrix_or_option(tmp_path, tokenize_fails, edit, extra, words):
+    """Each message says what is wrong and names what it is about: the input file, or the option's file or
+    name when the option is at fault."""
     (tmp_path / "list.json").write_text("[1, 2]")
     msg = tokenize_fails(_small(tmp_path, edit=edit).name, *extra)
     assert words in msg, msg
+    option = dict(zip(extra[::2], extra[1::2]))
+    subject = option.get("--vocab") or ("--n-bins" if "--n-bins" in option else "in.h5ad")
+    assert subject in msg, msg
 
 
 def test_text_matrix(tmp_path, tokenize_fails):

@@ -72,7 +72,8 @@ def map_stage(
     var = dataset_var(spec, genes.index)
     mapping = map_genes(
         var, Vocab.load(vocab_path), mode=spec.vocab_mode, symbol_column=spec.gene_symbols,
-        ensembl_to_symbol=load_ensembl_table(ensembl_path), min_overlap=spec.min_overlap, source=spec.name,
+        ensembl_to_symbol=load_ensembl_table(ensembl_path), min_overlap=spec.min_overlap,
+        source=" + ".join(str(i.path) for i in spec.inputs),  # messages name the files, not the dataset
     )
     report = mapping.summary()
     unmapped = mapping.table.loc[mapping.table["source"] == "unmapped", "gene"]
