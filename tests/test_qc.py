@@ -87,3 +87,26 @@ def test_split_by_column_is_leave_one_donor_out():
     cells, _, _ = run_qc(spec)
     assert set(cells.loc[cells.split == "test", "batch"]) == {"1015"}
     assert "1015" not in set(cells.loc[cells.split == "train", "batch"])
+
+
+def test_multi_file_messages_name_the_files(tmp_path):
+    """Errors about how several inputs fit together name the files, not the dataset's config name."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    def write(name, genes, cells):
+        a = ad.AnnData(X=sp.csr_matrix(np.ones((len(cells), len(genes)), np.float32)),
+                       obs=pd.DataFrame({"celltype": ["a"] * len(cells)}, index=cells),
+                       var=pd.DataFrame(index=genes))
+        a.write_h5ad(tmp_path / name)
+        return str(tmp_path / name)
+
+    one = write("one.h5ad", ["CD3E", "CD19"], ["c1", "c2"])
+    other = write("two.h5ad", ["INS", "GCG"], ["c3", "c4"])
+    same = write("same.h5ad", ["CD3E", "CD19"], ["c1", "c9"])
+    for inputs, words in (([one, other], "the input files share no gene names"),
+                          ([one, same], "cell name 'c1' occurs in more than one of these files")):
+        spec = dataset_spec("blood", {"inputs": inputs, "label": "celltype"})
+        with pytest.raises(CellerError, match=words) as e:
+            run_qc(spec)
+        assert inputs[0] in str(e.value) and inputs[1] in str(e.value) and "blood" not in str(e.value)
