@@ -78,7 +78,7 @@ def _empty_name(a):
     (None, ["--batch-key", "donor"], "q.h5ad: batch column 'donor' not found in obs"),
     (None, ["--matrix", "raw"], "q.h5ad: matrix 'raw' requested but the file has no .raw"),
     (None, ["--matrix", "layers/counts"], "q.h5ad: matrix 'layers/counts' not found"),
-    (None, ["--gene-symbols", "symbol"], "q.h5ad: var column 'symbol'"),
+    (None, ["--gene-symbols", "symbol"], "q.h5ad: var column 'symbol' (config key 'gene_symbols') not found"),
 ], ids=["zero-cells", "all-zero", "no-shared-genes", "nan", "negative", "complex", "bool", "no-X",
         "empty-gene-name", "no-batch-column", "no-raw", "no-layer", "no-symbol-column"])
 def test_bad_query(tmp_path, annotate_fails, edit, extra, words):
@@ -115,8 +115,9 @@ def test_unreadable_query(tmp_path, annotate_fails, name, data, words):
     (["--min-prop", "-1"], "min_prop must be between 0 and 1, got -1.0"),
     (["--top-k", "0"], "top_k must be >= 1, got 0"),
     (["--batch-size", "lots"], "--batch-size must be a positive integer or auto, got 'lots'"),
-    (["--device", "tpu"], "device 'tpu'"),
-    (["--device", "cuda:7"], "device 'cuda:7'"),
+    (["--device", "tpu"], "device 'tpu' is not a device; use auto, cpu or cuda"),
+    (["--device", "cuda:7"], "device 'cuda:7': " + ("no CUDA GPU is visible here" if not torch.cuda.is_available()
+                                                     else "only")),
 ], ids=["threshold", "min-prop", "top-k", "batch-size", "unknown-device", "missing-gpu-index"])
 def test_bad_option(tmp_path, annotate_fails, extra, words):
     assert words in annotate_fails(_query(tmp_path), *extra)
