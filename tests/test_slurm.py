@@ -269,15 +269,16 @@ def test_every_job_was_submitted_with_sbatch(runs, cluster):
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log))
     total = re.search(r"^total\s+(\d+)", log, re.MULTILINE)
     assert total, log[-3000:]
-    # qc, map_genes, tokenize for 2 datasets + pretrain + finetune: every one a SLURM job, none run locally
-    assert len(submitted) == int(total.group(1)) == 8, log[-3000:]
+    # qc, map_genes, tokenize for 2 datasets + pretrain + pretrain_tissue (the test config continues pretraining
+    # per tissue) + finetune: every one a SLURM job, none run locally
+    assert len(submitted) == int(total.group(1)) == 9, log[-3000:]
     jobs = {}
     for slurm_id in submitted.values():
         info = _run(["scontrol", "show", "job", slurm_id], env=cluster.env).stdout
         assert "JobState=COMPLETED" in info, info
         assert list((remote / ".snakemake/slurm_logs").rglob(f"{slurm_id}.log")), slurm_id
         jobs[re.search(r"Comment=rule_(\w+?)(_wildcards_\S*)?\s", info).group(1)] = info
-    assert set(jobs) == {"qc", "map_genes", "tokenize", "pretrain", "finetune"}
+    assert set(jobs) == {"qc", "map_genes", "tokenize", "pretrain", "pretrain_tissue", "finetune"}
     # per-rule resources from the rules, the default time limit from the profile
     assert "TimeLimit=1-00:00:00" in jobs["pretrain"]
     assert "MinMemoryNode=16000M" in jobs["pretrain"]
