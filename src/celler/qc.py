@@ -88,7 +88,7 @@ def run_qc(spec: DatasetSpec, *, chunk_size: int = 20_000) -> tuple[pd.DataFrame
         _apply_filters(cells, spec)
         if not cells["kept"].any():
             worst = cells["reason"].value_counts().idxmax()
-            where = spec.inputs[0].path if len(spec.inputs) == 1 else f"dataset {spec.name}"
+            where = " + ".join(str(i.path) for i in spec.inputs)
             msg = (f"{where}: no cells left after QC (most removed by {worst!r}); "
                    "relax the qc thresholds or check drop_labels")
             raise CellerError(msg)
