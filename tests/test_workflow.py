@@ -128,6 +128,9 @@ def test_finetune_and_evaluation_outputs(tokenized):
         f1 = metrics[metrics.level == "subclass"].set_index("method")["macro_f1"]
         assert f1["celler"] > 3 / pred["true"].nunique(), f1.to_dict()
         assert f1["celler"] > f1["logreg"] - 0.25, f1.to_dict()
+        # floors from the test config's measured figures: pancreas 0.834, pbmc68k 0.641 (the same in three
+        # runs: one seed, deterministic on CPU), each a few points below
+        assert f1["celler"] > {"pancreas": 0.80, "pbmc68k": 0.60}[tissue], f1.to_dict()
     table = (wd / "results/tables/table3_datasets.md").read_text()
     assert "pancreas" in table and "logreg" in table and "±" in table
 
