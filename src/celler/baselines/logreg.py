@@ -18,14 +18,20 @@ from sklearn.preprocessing import StandardScaler
 from celler.baselines._common import align_genes, dense, output, train_labels
 
 
-def embed(xtr: np.ndarray, xte: np.ndarray, *, n_pcs: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scale genes (fit on train, clip at +-10), then optionally PCA + scale the components (fit on train)."""
-    sc = StandardScaler().fit(xtr)
-    xtr, xte = np.clip(sc.transform(xtr), -10, 10), np.clip(sc.transform(xte), -10, 10)
+def embed(xtr: np.ndarray, xte: np.ndarray, *, n_pcs: int | None, seed: int, fit: np.ndarray | None = None,
+          scale_pcs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Scale genes (clip at +-10), then optionally PCA (and standardise the components, ``scale_pcs``); every
+    step is fitted on ``fit`` (default: the training cells; label-free cells may be added, labels unread)."""
+    fit = xtr if fit is None else fit
+    sc = StandardScaler().fit(fit)
+    fit, xtr, xte = (np.clip(sc.transform(x), -10, 10) for x in (fit, xtr, xte))
     if n_pcs:
-        k = max(1, min(n_pcs, xtr.shape[0] - 1, xtr.shape[1]))
-        pca = PCA(n_components=k, random_state=seed).fit(xtr)
-        xtr, xte = pca.transform(xtr), pca.transform(xte)
+        k = max(1, min(n_pcs, fit.shape[0] - 1, fit.shape[1]))
+        pca = PCA(n_components=k, random_state=seed).fit(fit)
+        fit, xtr, xte = (pca.transform(x) for x in (fit, xtr, xte))
+        if scale_pcs:
+            pcs = StandardScaler().fit(fit)
+            xtr, xte = pcs.transform(xtr), pcs.transform(xte)
     return xtr, xte
 
 
@@ -41,12 +47,16 @@ def fit_predict(
     class_weight: str | None = None,
 ) -> pd.DataFrame:
     """Fit on ``train``, predict ``test``; ``confidence`` is the predicted class's probability."""
+    return _logistic(train, test, label_key=label_key, seed=seed, n_pcs=n_pcs, C=C, max_iter=max_iter,
+                     class_weight=class_weight)
+
+
+def _logistic(train, test, *, label_key, seed, n_pcs, C, max_iter, class_weight, fit=None) -> pd.DataFrame:  # noqa: N803
+    """The shared body; ``fit``: the cells scaling and PCA are fitted on (default ``train``)."""
     train, test = align_genes(train, test)
     y = train_labels(train, label_key)
-    xtr, xte = embed(dense(train.X), dense(test.X), n_pcs=n_pcs, seed=seed)
-    if n_pcs:
-        sc = StandardScaler().fit(xtr)
-        xtr, xte = sc.transform(xtr), sc.transform(xte)
+    xfit = None if fit is None else dense(fit[:, train.var_names].X)
+    xtr, xte = embed(dense(train.X), dense(test.X), n_pcs=n_pcs, seed=seed, fit=xfit, scale_pcs=True)
     clf = LogisticRegression(C=C, max_iter=max_iter, class_weight=class_weight, random_state=seed).fit(xtr, y)
     prob = clf.predict_proba(xte)
     return output(test, clf.classes_[prob.argmax(axis=1)], prob.max(axis=1))
@@ -82,15 +92,6 @@ def fit_predict_pca(
     """Balanced logistic regression on principal components fitted on the training cells and, when given,
     the ``unlabelled`` training cells too (their labels unused): the cheap linear use of label-free cells
     that a pretrained model must beat when labels are scarce."""
-    train, test = align_genes(train, test)
-    fit = train if unlabelled is None else ad.concat([train, unlabelled[:, train.var_names]], join="inner")
-    y = train_labels(train, label_key)
-    sc = StandardScaler().fit(dense(fit.X))
-    scaled = [np.clip(sc.transform(dense(a.X)), -10, 10) for a in (fit, train, test)]
-    k = max(1, min(n_pcs, scaled[0].shape[0] - 1, scaled[0].shape[1]))
-    pca = PCA(n_components=k, random_state=seed).fit(scaled[0])
-    pcs = StandardScaler().fit(pca.transform(scaled[0]))
-    xtr, xte = (pcs.transform(pca.transform(x)) for x in scaled[1:])
-    clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced", random_state=seed).fit(xtr, y)
-    prob = clf.predict_proba(xte)
-    return output(test, clf.classes_[prob.argmax(axis=1)], prob.max(axis=1))
+    fit = None if unlabelled is None else ad.concat([train, unlabelled], join="inner")
+    return _logistic(train, test, label_key=label_key, seed=seed, n_pcs=n_pcs, C=C, max_iter=max_iter,
+                     class_weight="balanced", fit=fit)
