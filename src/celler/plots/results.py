@@ -66,32 +66,13 @@ def f1_vs_size(per_class: pd.DataFrame, *, title: str = "Per-class F1 vs trainin
         ax.axvspan(agg["train_count"].min() / 1.5, edge * 1.15, color="0.93", zorder=0, label="rare classes")
     for method in methods:
         part = agg[agg["method"] == method].sort_values("train_count")
-        if method == "celler":
-            ax.plot(
-                part["train_count"],
-                part["f1"],
-                ls="",
-                marker=CELLER_MARKER,
-                ms=13,
-                color=CELLER_COLOUR,
-                mec="white",
-                mew=0.6,
-                label="Celler",
-                zorder=4,
-            )
+        if method == "celler":  # a marker no baseline shares, drawn above them
+            look = {"marker": CELLER_MARKER, "ms": 13, "color": CELLER_COLOUR, "mec": "white", "mew": 0.6,
+                    "label": "Celler", "zorder": 4}
         else:
             colour, marker = style[method]
-            ax.plot(
-                part["train_count"],
-                part["f1"],
-                ls="",
-                marker=marker,
-                ms=6.5,
-                color=colour,
-                alpha=0.8,
-                label=method,
-                zorder=3,
-            )
+            look = {"marker": marker, "ms": 6.5, "color": colour, "alpha": 0.8, "label": method, "zorder": 3}
+        ax.plot(part["train_count"], part["f1"], ls="", **look)
     log_axis(ax, agg["train_count"])
     lo, hi = agg["train_count"].min() / 1.6, agg["train_count"].max() * 1.6
     ax.set_xlim(lo, hi)
