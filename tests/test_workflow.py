@@ -1,5 +1,7 @@
 """The Snakemake workflow on the test config (real data), run in a scratch directory."""
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -10,6 +12,7 @@ import anndata as ad
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from celler.pretrain import PretrainConfig, pretrain
 from celler.tokens import TokenStore
@@ -187,14 +190,29 @@ def test_snakemake_report(tokenized):
     assert "results/report_index.html" in files  # the cross-tissue summary
     assert "results/pancreas/report.html" not in files  # not the tissue pages: they embed every figure again
     assert len(files) == len(set(files))
+    # every listed output is embedded whole (its bytes, base64) and every figure decodes as an image
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
+    assert sorted(results) == sorted(files)
+    n_png = 0
+    for name, entry in results.items():
+        head, data = entry["data_uri"].split(";base64,", 1)
+        assert head.startswith(f"data:{entry['mime_type']};"), name
+        raw = base64.b64decode(data, validate=True)
+        assert raw == (tokenized / name).read_bytes(), name
+        if entry["mime_type"] == "image/png":
+            with Image.open(io.BytesIO(raw)) as image:
+                image.verify()  # a truncated or corrupt PNG raises here
+            n_png += 1
+    assert n_png >= 20  # qc, per-tissue figures of two tissues, the query's marker plot
 
 
-def test_pretrain_rule_resumes_from_its_work_folder(tokenized, monkeypatch):
+def test_pretrain_rule_resumes_from_its_work_folder(tokenized, tmp_path, monkeypatch):
     """A pre-empted pretraining job leaves its checkpoint in results/pretrain/work-<key>; the next run of the
     rule resumes from it. The kill is the same training (the rule's stores and settings, read from the
-    finished run's checkpoint) stopped after 10 of its 30 steps in that folder. Runs last: it re-makes
-    results/pretrain/model."""
-    wd = tokenized
+    finished run's checkpoint) stopped after 10 of its 30 steps in that folder. Runs in a copy of the
+    workflow's folder (it re-makes results/pretrain/model), so the tests' order does not matter."""
+    wd = tmp_path / "wf"
+    shutil.copytree(tokenized, wd, symlinks=True)
     (work,) = (wd / "results/pretrain").glob("work-*")
     ck = torch.load(work / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 30  # the finished run's last checkpoint
