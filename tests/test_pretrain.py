@@ -16,7 +16,7 @@ import torch
 from celler.classifier import load_classifier
 from celler.errors import CellerError
 from celler.finetune import FinetuneConfig, build_classifier, build_encoder, finetune
-from celler.model import Encoder, MaskedValueModel, preset
+from celler.model import Encoder, MaskedValueModel, ProfileEncoder, preset
 from celler.pretrain import (
     PretrainConfig,
     check_vocab,
@@ -227,11 +227,18 @@ def test_cell_objective_learns_which_genes_go_together(pbmc3k_tokens, pancreas_t
     ft = FinetuneConfig(init="pretrained", readout="profile", device="cpu")
     pancreas = TokenStore(pancreas_tokens)
     levels = {"subclass": ["a", "b"]}
+    torch.manual_seed(0)
     model = build_classifier(ft, pancreas, tmp_path / "pre", levels)
-    assert torch.equal(model.profile.bag.weight, blob["encoder"]["gene_embedding.weight"])
-    assert torch.equal(model.profile.norm.weight, blob["profile_norm"]["weight"])
+    torch.manual_seed(0)
     fresh = build_classifier(replace(ft, init="scratch"), pancreas, None, levels)
-    assert not torch.equal(fresh.profile.bag.weight, blob["encoder"]["gene_embedding.weight"])
+    # the profile view starts from the pretrained gene vectors, scaled to a fresh vector's length, plus the
+    # fresh vectors the same seed gives a scratch start
+    pretrained = blob["encoder"]["gene_embedding.weight"]
+    scale = ProfileEncoder.pretrained_scale(pretrained)
+    assert 0.05 < scale < 1  # pretraining lengthened the rows it trained
+    assert torch.allclose(model.profile.bag.weight, fresh.profile.bag.weight + scale * pretrained, atol=1e-6)
+    assert torch.equal(model.profile.norm.weight, blob["profile_norm"]["weight"])
+    assert not torch.equal(fresh.profile.norm.weight, blob["profile_norm"]["weight"])
 
 
 def test_other_pretrained_weights_give_other_default_predictions(pbmc3k_tokens, pancreas_tokens, tmp_path):
