@@ -287,8 +287,8 @@ class ProfileEncoder(nn.Module):
 
         Each gene's vector is its pretrained one, scaled by :meth:`pretrained_scale` to the length of a fresh
         vector, plus the fresh random vector this view was built with: half what pretraining learnt (genes
-        expressed together point the same way), half a random projection of every gene (which keeps apart
-        cells that co-expression alone merges). Chosen on the training cells left unlabelled (10% and 1% of
+        expressed together point the same way), half a random projection of every gene (what a fresh start
+        reads; from the pretrained vectors alone, fine-tuning on few labels lost the rare classes). Chosen on the training cells left unlabelled (10% and 1% of
         the labels, five benchmarks, seeds 0-2): above the pretrained vectors as they are on 7 of 10 rows,
         level with a fresh start at 10%, above it at 1% (benchmarks/RESULTS.md, "Profile view start")."""
         if gene_embedding.shape != self.bag.weight.shape:
