@@ -80,6 +80,10 @@ def test_tables_are_mean_and_std_over_seeds(tmp_path):
     t3 = pd.read_csv(tmp_path / "table3_datasets.tsv", sep="\t").set_index("method")
     assert np.isclose(t3.loc["celler", "f1_mean"], 0.85) and np.isclose(t3.loc["celler", "f1_std"], np.std([0.8, 0.9], ddof=1))
     assert "±" in (tmp_path / "table3_datasets.md").read_text()
+    pd.DataFrame([r for r in rows if r["seed"] == 0]).to_csv(tmp_path / "one.tsv", sep="\t", index=False)
+    comparison_tables({"t1": tmp_path / "one.tsv"}, tmp_path / "one")
+    one = (tmp_path / "one/table3_datasets.md").read_text()
+    assert "±" not in one and "0.800" in one  # one seed: the value, not "0.800 ± 0.000"
     ablation_table({"t1": tmp_path / "m.tsv"}, tmp_path / "t4.tsv")
     t4 = pd.read_csv(tmp_path / "t4.tsv", sep="\t")
     assert set(t4.loc[t4.method == "celler", "loss"]) == {"celler", "ce"}

@@ -204,6 +204,8 @@ def test_training_curves_mark_the_kept_epoch_and_colour_pretraining_by_cell_leng
         assert kept[0].get_xdata()[0] == 4
     assert [t.get_text() for t in f1_ax.get_legend().get_texts()][:2] == ["subclass", "parent"]
     assert len([a for a in plots.training_curves(ft, None).axes if a.get_title()]) == 2
+    own = plots.training_curves(ft, pt, pretrain_title=plots.CONTINUED_PRETRAINING)
+    assert own.axes[0].get_title() == "Pretraining continued on this tissue's cells"
 
 
 # ------------------------------------------------------------------------------------------- f1 vs size

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from html import unescape
 from pathlib import Path
 
@@ -271,6 +272,7 @@ def test_tissue_report_figures_and_content(reports):
     ):
         assert text in unescape(html), text
     assert "No pretraining log" not in html
+    assert "the model shared by every tissue (not retrained" in unescape(html)
     assert "position:sticky" in html  # the section navigation stays visible
     assert 'href="../report_index.html"' in html  # back to the index
 
@@ -334,6 +336,27 @@ def test_both_dot_plots_share_the_training_gene_panel(reports):
     assert f"beta ({int((pred['true'] == 'beta').sum()):,})" in rows["true"]
 
 
+def test_dot_plot_notes_name_rows_without_cells(reports):
+    """Under the predicted-label plot: the classes never predicted, and those predicted but absent from the
+    test truth with their call count; under the true-label plot, the classes without test cells."""
+    root, _, _ = reports
+    inp = load_tissue("pancreas", root, None, evaluation=False)
+    p = inp.predictions.copy()
+    at = p["level"].eq(inp.level) if "level" in p else pd.Series(True, index=p.index)
+    p.loc[at & p["predicted"].eq("alpha"), "predicted"] = "beta"  # alpha: never predicted
+    gone = at & p["true"].eq("gamma")
+    p.loc[gone, "true"] = "beta"  # gamma: no test cells, its calls all wrong
+    n_gamma = int((at & p["predicted"].eq("gamma")).sum())
+    assert n_gamma > 0
+    _, facts = tissue_figures(replace(inp, predictions=p), known=None, qc_thresholds=None, rare_fraction=0.03)
+    notes = facts["marker_notes"]
+    assert "Never predicted: alpha." in notes["predicted"]
+    assert f"Predicted but absent from the test truth (every such call is wrong): gamma ({n_gamma})." in notes["predicted"]
+    assert "No test cells: gamma." in notes["true"]
+    _, facts = tissue_figures(inp, known=None, qc_thresholds=None, rare_fraction=0.03)
+    assert "Never predicted" not in facts["marker_notes"]["predicted"]
+
+
 def test_two_level_tissue_shows_both_levels(reports):
     root, pages, _ = reports
     html = pages["islets"].read_text()
@@ -376,6 +399,35 @@ def test_tissue_report_without_evaluation_shows_celler_only(tmp_path):
     assert "No <code>marker_tissue</code>" in html
     assert "No pretraining log" in html
     assert len(list((tmp_path / "out/figures").glob("*.png"))) == len(FIGURES)
+
+
+def test_tissue_report_says_when_the_tissue_continued_pretraining(tmp_path):
+    """A tissue with its own continued pretraining (config.json's init names the model it started from)
+    says so above the curves, instead of calling the panel the shared model."""
+    root = make_results(tmp_path)
+    own = root / "pancreas/pretrained"
+    shutil.copytree(root / "pretrain/model", own)
+    config = json.loads((own / "config.json").read_text())
+    (own / "config.json").write_text(json.dumps(config | {"init": "results/pretrain/model", "steps": 300}))
+    page = build_tissue_report("pancreas", root, tmp_path / "out/report.html", pretrain_log=own / "train_log.csv")
+    html = unescape(page.read_text())
+    assert "this tissue's own continued pretraining (300 steps)" in html
+    assert "not retrained for this one" not in html
+
+
+def test_marker_section_says_when_gene_names_are_anonymised():
+    """CBMC-like data (gene_000 ...): the page says no known marker can be matched, instead of blaming the
+    marker tables or the configuration."""
+    from celler.markers.panel import MarkerPanel
+    from celler.report.sections import markers_section
+
+    shown = {"dotplot_true": "", "dotplot_predicted": ""}
+    genes = pd.DataFrame({"gene": ["gene_001"], "marker_of": ["a"], "known": [False], "source": ["data"]})
+    anonymised = markers_section(MarkerPanel(genes, pd.DataFrame(), anonymised=True), "Immune system", shown)
+    assert "gene names of this dataset are anonymised" in anonymised
+    assert "No cell type of the marker tables" not in anonymised
+    named = markers_section(MarkerPanel(genes, pd.DataFrame()), "Immune system", shown)
+    assert "anonymised" not in named and "No cell type of the marker tables" in named
 
 
 def test_tissue_report_missing_input_names_the_file(tmp_path):

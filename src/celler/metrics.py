@@ -205,12 +205,15 @@ def summarise(
 
 
 def format_mean_std(summary: pd.DataFrame, metrics: Sequence[str], *, digits: int = 3) -> pd.DataFrame:
-    """Replace each ``{m}_mean`` / ``{m}_std`` pair by one ``"0.912 ± 0.004"`` string column named ``m``."""
+    """Replace each ``{m}_mean`` / ``{m}_std`` pair by one ``"0.912 ± 0.004"`` string column named ``m``;
+    a row of one seed (``n_seeds`` 1) shows its value alone: a spread of one run would read as "± 0.000"."""
     out = summary.drop(columns=[c for c in summary.columns if c.endswith(("_mean", "_std"))])
+    single = summary["n_seeds"].eq(1) if "n_seeds" in summary else pd.Series(False, index=summary.index)
     for m in metrics:
         mean, std = summary[f"{m}_mean"], summary[f"{m}_std"]
         out[m] = [
-            "–" if pd.isna(a) else f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in zip(mean, std, strict=True)
+            "–" if pd.isna(a) else f"{a:.{digits}f}" if one else f"{a:.{digits}f} ± {b:.{digits}f}"
+            for a, b, one in zip(mean, std, single, strict=True)
         ]
     return out
 
@@ -280,7 +283,7 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
     """Markdown of a summary / paper table, each mean/std pair shown as ``mean ± std``."""
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean") and f"{c[:-5]}_std" in table]
     shown = format_mean_std(table, metrics, digits=digits) if metrics else table
-    return shown.to_markdown(index=False)
+    return shown.to_markdown(index=False, disable_numparse=True)  # keep "0.800" as formatted
 
 
 def write_table(table: pd.DataFrame, path: str | Path, *, digits: int = 3) -> tuple[Path, Path]:

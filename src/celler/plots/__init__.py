@@ -10,7 +10,15 @@ sizes, training), :mod:`~celler.plots.results` (F1, confusion, confidence), :mod
 """
 
 from celler.plots.base import OKABE_ITO, PAGE_WIDTH_IN, empty_figure, palette, save_figure
-from celler.plots.data import class_sizes, qc_distributions, qc_notes, selected_epoch, training_curves
+from celler.plots.data import (
+    CONTINUED_PRETRAINING,
+    SHARED_PRETRAINING,
+    class_sizes,
+    qc_distributions,
+    qc_notes,
+    selected_epoch,
+    training_curves,
+)
 from celler.plots.embedding import umap_embedding
 from celler.plots.markers import DOT_CELL, marker_dotplot
 from celler.plots.results import (
@@ -22,9 +30,11 @@ from celler.plots.results import (
 )
 
 __all__ = [
+    "CONTINUED_PRETRAINING",
     "DOT_CELL",
     "OKABE_ITO",
     "PAGE_WIDTH_IN",
+    "SHARED_PRETRAINING",
     "class_sizes",
     "confidence_by_class",
     "confusion_figure",

@@ -164,19 +164,24 @@ def selected_epoch(finetune_log: pd.DataFrame, val_macro_f1: float | None = None
     return int(hits[-1]) if len(hits) else int(np.flatnonzero(f1 == np.nanmax(f1))[-1])
 
 
+SHARED_PRETRAINING = "Pretraining (one model, shared by all tissues)"
+CONTINUED_PRETRAINING = "Pretraining continued on this tissue's cells"
+
 def training_curves(
     finetune_log: pd.DataFrame | None,
     pretrain_log: pd.DataFrame | None = None,
     *,
     selected: int | None = None,
     n_bins: int | None = None,
+    pretrain_title: str = SHARED_PRETRAINING,
 ) -> Figure:
     """Pretraining loss per step (when given), fine-tuning train loss and validation macro-F1 per epoch.
 
     ``finetune_log``: columns ``stage, epoch, train_loss, val_macro_f1_<level>...``; ``selected``: the row of
     the kept epoch (marked); ``pretrain_log``: ``step, loss`` and, when logged, ``tokens_per_s, cells_per_s``
     (each step is coloured by its cells' mean length: length-bucketed batches of short cells score far worse,
-    which is what the spikes are); ``n_bins``: the value bins, for the chance line at ln(n_bins - 1).
+    which is what the spikes are); ``n_bins``: the value bins, for the chance line at ln(n_bins - 1);
+    ``pretrain_title``: which pretraining the log is (the shared model, or a tissue's continued pretraining).
     """
     has_pre = pretrain_log is not None and not pretrain_log.empty
     has_ft = finetune_log is not None and not finetune_log.empty
@@ -186,7 +191,7 @@ def training_curves(
     fig = Figure(figsize=(3.9 * panels + 0.6 * has_pre, 3.6), layout="constrained")
     axes = list(fig.subplots(1, panels, squeeze=False)[0])
     if has_pre:
-        _pretrain_panel(fig, axes.pop(0), pretrain_log, n_bins)
+        _pretrain_panel(fig, axes.pop(0), pretrain_log, n_bins, pretrain_title)
     if has_ft:
         _finetune_panels(finetune_log, axes[0], axes[1], selected)
     for ax in fig.axes:
@@ -194,7 +199,7 @@ def training_curves(
     return fig
 
 
-def _pretrain_panel(fig: Figure, ax, log: pd.DataFrame, n_bins: int | None) -> None:
+def _pretrain_panel(fig: Figure, ax, log: pd.DataFrame, n_bins: int | None, title: str) -> None:
     loss = log["loss"].astype(float)
     step = log["step"]
     if {"tokens_per_s", "cells_per_s"} <= set(log.columns):
@@ -215,7 +220,7 @@ def _pretrain_panel(fig: Figure, ax, log: pd.DataFrame, n_bins: int | None) -> N
         )
     if n_bins and n_bins > 2:
         ax.axhline(math.log(n_bins - 1), color="0.4", ls=":", lw=1, label=f"chance, ln {n_bins - 1}")
-    ax.set(xlabel="step", ylabel="masked-value loss", title="Pretraining (one model, shared by all tissues)")
+    ax.set(xlabel="step", ylabel="masked-value loss", title=title)
     ax.grid(color="0.92")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7.5, loc="upper right")

@@ -76,7 +76,14 @@ def tissue_figures(
         "qc": plots.qc_distributions(inp.cells, thresholds=qc_thresholds, title=inp.tissue),
         "class_sizes": plots.class_sizes(class_counts(inp), rare_fraction=rare_fraction),
         "training_curves": plots.training_curves(
-            inp.finetune_log, inp.pretrain_log, selected=selected, n_bins=n_bins
+            inp.finetune_log,
+            inp.pretrain_log,
+            selected=selected,
+            n_bins=n_bins,
+            # a tissue's own pretraining continues another model (config.json's init); the shared one does not
+            pretrain_title=plots.CONTINUED_PRETRAINING
+            if (inp.pretrain_config or {}).get("init")
+            else plots.SHARED_PRETRAINING,
         ),
         "f1_vs_size": plots.f1_vs_size(per_class, title=f"Per-class F1 vs training class size ({level})"),
         "confusion": plots.confusion_figure({lv: r["confusion"] for lv, r in results.items()}),
