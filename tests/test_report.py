@@ -351,7 +351,8 @@ def test_dot_plot_notes_name_rows_without_cells(reports):
     _, facts = tissue_figures(replace(inp, predictions=p), known=None, qc_thresholds=None, rare_fraction=0.03)
     notes = facts["marker_notes"]
     assert "Never predicted: alpha." in notes["predicted"]
-    assert f"Predicted but absent from the test truth (every such call is wrong): gamma ({n_gamma})." in notes["predicted"]
+    absent = f"Predicted but absent from the test truth (every such call is wrong): gamma ({n_gamma})."
+    assert absent in notes["predicted"]
     assert "No test cells: gamma." in notes["true"]
     _, facts = tissue_figures(inp, known=None, qc_thresholds=None, rare_fraction=0.03)
     assert "Never predicted" not in facts["marker_notes"]["predicted"]
@@ -409,7 +410,9 @@ def test_tissue_report_says_when_the_tissue_continued_pretraining(tmp_path):
     shutil.copytree(root / "pretrain/model", own)
     config = json.loads((own / "config.json").read_text())
     (own / "config.json").write_text(json.dumps(config | {"init": "results/pretrain/model", "steps": 300}))
-    page = build_tissue_report("pancreas", root, tmp_path / "out/report.html", pretrain_log=own / "train_log.csv")
+    page = build_tissue_report(
+        "pancreas", root, tmp_path / "out/report.html", pretrain_log=own / "train_log.csv"
+    )
     html = unescape(page.read_text())
     assert "this tissue's own continued pretraining (300 steps)" in html
     assert "not retrained for this one" not in html

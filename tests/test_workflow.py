@@ -12,11 +12,11 @@ import anndata as ad
 import pandas as pd
 import pytest
 import torch
+from conftest import TIMEOUT, skip_or_fail
 from PIL import Image
 
 from celler.pretrain import PretrainConfig, pretrain
 from celler.tokens import TokenStore
-from conftest import TIMEOUT, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 

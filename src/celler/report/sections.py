@@ -30,8 +30,9 @@ CAPTIONS = {
     "rare-class threshold ({rare:.0%} of the training cells).",
     "training_curves": "Left: the pretraining masked-value loss per step of the model this tissue "
     "starts from (the one shared by every tissue, or this tissue's continued pretraining of it: the "
-    "panel's title says which); middle and right: this tissue's fine-tuning loss and validation macro-F1 per epoch; the dashed "
-    "line marks the epoch that was kept (the best validation subclass macro-F1, a tie keeping the later).",
+    "panel's title says which); middle and right: this tissue's fine-tuning loss and validation "
+    "macro-F1 per epoch; the dashed line marks the epoch that was kept (the best validation subclass "
+    "macro-F1, a tie keeping the later).",
     "f1_vs_size": "F1 of each class on the test cells (mean over seeds) against its number of training "
     "cells (log scale): Celler is the black star, each baseline its own marker; classes are named on top "
     "with their test cells; the shaded band holds the rare classes. High F1 on the left: the tail is "
@@ -114,12 +115,17 @@ def training_section(inp: TissueInputs, shown: dict[str, str], facts: dict) -> s
         parts.append(note("No pretraining log (fine-tuned from scratch or from external weights)."))
     elif (inp.pretrain_config or {}).get("init"):
         steps = inp.pretrain_config.get("steps")
-        parts.append(note(
-            f"The pretraining panel is this tissue's own continued pretraining{f' ({steps} steps)' if steps else ''}"
-            " on its training cells, labels unused, started from the model shared by every tissue."
-        ))
+        parts.append(
+            note(
+                "The pretraining panel is this tissue's own continued pretraining"
+                + (f" ({steps} steps)" if steps else "")
+                + " on its training cells, labels unused, started from the model shared by every tissue."
+            )
+        )
     else:
-        parts.append(note("The pretraining panel is the model shared by every tissue (not retrained for this one)."))
+        parts.append(
+            note("The pretraining panel is the model shared by every tissue (not retrained for this one).")
+        )
     spikes = facts.get("spikes")
     if spikes:
         n_bins = facts.get("n_bins")
