@@ -412,6 +412,24 @@ def test_marker_dotplot_60_types_readable(tmp_path):
     assert _overlapping(fig, fig.axes[0], "y") == []
 
 
+def test_marker_dotplot_of_47_types_fits_the_page(tmp_path):
+    """A tissue with 47 fine types and a gene each (the report's least): the plot fits the report's page width
+    with smaller cells, and its labels do not overlap."""
+    rng = np.random.default_rng(4)
+    groups = _many_classes(47)
+    genes = [f"GENE{i}" for i in range(47)]
+    table = pd.DataFrame(
+        [(g, x, rng.uniform(), rng.uniform(0, 3), 10) for g in groups for x in genes],
+        columns=["group", "gene", "fraction", "mean", "n_cells"],
+    )
+    chosen = pd.DataFrame({"gene": genes, "marker_of": groups, "known": False})
+    fig = plots.marker_dotplot(table, markers=chosen)
+    _saved(fig, tmp_path, "dotplot47")
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH_IN + 1e-6
+    assert _overlapping(fig, fig.axes[0], "x") == []
+    assert _overlapping(fig, fig.axes[0], "y") == []
+
+
 def test_empty_inputs_give_a_placeholder(tmp_path):
     _saved(
         plots.marker_dotplot(pd.DataFrame(columns=["group", "gene", "fraction", "mean"])),

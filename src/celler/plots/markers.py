@@ -7,10 +7,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from celler.plots.base import CONTINUOUS, empty_figure, footnote, text_width, tick_size
+from celler.plots.base import CONTINUOUS, PAGE_WIDTH_IN, empty_figure, footnote, text_width, tick_size
 
 #: Width of one gene column / group row (inches).
 DOT_CELL = 0.26
+MIN_DOT_CELL = 0.12  # inches: below this a dot is too small to read its size
 
 
 def marker_dotplot(
@@ -47,13 +48,15 @@ def marker_dotplot(
 
     fs = tick_size(max(len(groups), len(genes)))
     top_in = text_width(info["marker_of"].dropna(), 8) + 0.3 if info is not None else 0.3
-    width = DOT_CELL * len(genes) + text_width(ylabels, fs) + 2.3
-    height = DOT_CELL * len(groups) + text_width(xlabels, fs) + top_in + 0.9 + 0.3 * bool(note)
+    # many columns (dozens of types, a gene each at least): smaller cells, so the plot stays on the page
+    cell = max(MIN_DOT_CELL, min(DOT_CELL, (PAGE_WIDTH_IN - text_width(ylabels, fs) - 2.3) / len(genes)))
+    width = cell * len(genes) + text_width(ylabels, fs) + 2.3
+    height = cell * len(groups) + text_width(xlabels, fs) + top_in + 0.9 + 0.3 * bool(note)
     fig = Figure(figsize=(max(width, 5.5), max(height, 3.2)), layout="constrained")
     ax = fig.add_subplot()
     yy, xx = np.meshgrid(np.arange(len(groups)), np.arange(len(genes)), indexing="ij")
     drawn = frac.notna().to_numpy().ravel()
-    max_s = (0.85 * DOT_CELL * 72) ** 2
+    max_s = (0.85 * cell * 72) ** 2
     dots = ax.scatter(
         xx.ravel()[drawn],
         yy.ravel()[drawn],
