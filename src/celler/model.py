@@ -263,7 +263,7 @@ class ProfileEncoder(nn.Module):
     all of a cell's genes, next to the transformer's view of its highest-expressed ones (the fine-tuning
     ``readout: cls+profile``). Weights are bin / (n_bins - 1), so the rank within the batch, in (0, 1].
     The gene vectors are the encoder's gene embeddings: tied to them in pretraining (:class:`MaskedValueModel`),
-    copied from them when a classifier starts from a pretrained encoder (:meth:`init_from`).
+    and the start of a classifier's view from a pretrained encoder, mixed with fresh vectors (:meth:`init_from`).
     """
 
     FRESH_STD = 0.02  # the fresh gene vectors' init
@@ -288,8 +288,8 @@ class ProfileEncoder(nn.Module):
         Each gene's vector is its pretrained one, scaled by :meth:`pretrained_scale` to the length of a fresh
         vector, plus the fresh random vector this view was built with: half what pretraining learnt (genes
         expressed together point the same way), half a random projection of every gene (what a fresh start
-        reads; from the pretrained vectors alone, fine-tuning on few labels lost the rare classes). Chosen on the training cells left unlabelled (10% and 1% of
-        the labels, five benchmarks, seeds 0-2): above the pretrained vectors as they are on 7 of 10 rows,
+        reads; from the pretrained vectors alone, fine-tuning on few labels lost the rare classes). Chosen on
+        the training cells left unlabelled (10% and 1% of the labels, five benchmarks, seeds 0-2): above the pretrained vectors as they are on 7 of 10 rows,
         level with a fresh start at 10%, above it at 1% (benchmarks/RESULTS.md, "Profile view start")."""
         if gene_embedding.shape != self.bag.weight.shape:
             msg = f"gene embedding {tuple(gene_embedding.shape)} != profile view {tuple(self.bag.weight.shape)}"

@@ -167,6 +167,7 @@ def selected_epoch(finetune_log: pd.DataFrame, val_macro_f1: float | None = None
 SHARED_PRETRAINING = "Pretraining (one model, shared by all tissues)"
 CONTINUED_PRETRAINING = "Pretraining continued on this tissue's cells"
 
+
 def training_curves(
     finetune_log: pd.DataFrame | None,
     pretrain_log: pd.DataFrame | None = None,
