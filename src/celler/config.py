@@ -43,6 +43,11 @@ class DatasetSpec:
     def labelled(self) -> bool:
         return self.label is not None
 
+    @property
+    def files(self) -> str:
+        """The input files, for messages: a user knows the files, not the dataset's name."""
+        return " + ".join(str(i.path) for i in self.inputs)
+
 
 def dataset_spec(name: str, block: dict[str, Any], defaults: dict[str, Any] | None = None) -> DatasetSpec:
     """Build a :class:`DatasetSpec` from a config block, filling unset keys from ``defaults``."""

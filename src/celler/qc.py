@@ -75,21 +75,18 @@ def run_qc(spec: DatasetSpec, *, chunk_size: int = 20_000) -> tuple[pd.DataFrame
     try:
         genes = _input_genes(readers, spec.genes)
         if len(genes) == 0:
-            files = ", ".join(str(i.path) for i in spec.inputs)
-            msg = f"{files}: the input files share no gene names; check the inputs or set genes: union"
+            msg = f"{spec.files}: the input files share no gene names; check the inputs or set genes: union"
             raise CellerError(msg)
         tables = [_cell_metrics(r, f, spec, chunk_size) for r, f in zip(readers, spec.inputs, strict=True)]
         cells = pd.concat(tables)
         if not cells.index.is_unique:
             dup = cells.index[cells.index.duplicated()][0]
-            files = ", ".join(str(i.path) for i in spec.inputs)
-            msg = f"{files}: cell name {dup!r} occurs in more than one of these files; make names unique"
+            msg = f"{spec.files}: cell name {dup!r} occurs in more than one of these files; make names unique"
             raise CellerError(msg)
         _apply_filters(cells, spec)
         if not cells["kept"].any():
             worst = cells["reason"].value_counts().idxmax()
-            where = " + ".join(str(i.path) for i in spec.inputs)
-            msg = (f"{where}: no cells left after QC (most removed by {worst!r}); "
+            msg = (f"{spec.files}: no cells left after QC (most removed by {worst!r}); "
                    "relax the qc thresholds or check drop_labels")
             raise CellerError(msg)
         n_cells = pd.Series(0, index=genes, dtype=np.int64)
@@ -102,8 +99,7 @@ def run_qc(spec: DatasetSpec, *, chunk_size: int = 20_000) -> tuple[pd.DataFrame
     gene_table.index.name = "gene"
     kept = cells[cells["kept"]]
     cells["split"] = "excluded"
-    files = " + ".join(str(i.path) for i in spec.inputs)  # messages name the files, not the dataset
-    cells.loc[kept.index, "split"] = assign_split(kept, spec.split, source=files)
+    cells.loc[kept.index, "split"] = assign_split(kept, spec.split, source=spec.files)
     summary = qc_summary(cells, gene_table)
     return cells, gene_table, summary
 

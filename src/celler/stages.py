@@ -73,7 +73,7 @@ def map_stage(
     mapping = map_genes(
         var, Vocab.load(vocab_path), mode=spec.vocab_mode, symbol_column=spec.gene_symbols,
         ensembl_to_symbol=load_ensembl_table(ensembl_path), min_overlap=spec.min_overlap,
-        source=" + ".join(str(i.path) for i in spec.inputs),  # messages name the files, not the dataset
+        source=spec.files,
     )
     report = mapping.summary()
     unmapped = mapping.table.loc[mapping.table["source"] == "unmapped", "gene"]

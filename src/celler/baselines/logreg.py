@@ -45,14 +45,10 @@ def fit_predict(
     C: float = 1.0,  # noqa: N803
     max_iter: int = 1000,
     class_weight: str | None = None,
+    fit: ad.AnnData | None = None,
 ) -> pd.DataFrame:
-    """Fit on ``train``, predict ``test``; ``confidence`` is the predicted class's probability."""
-    return _logistic(train, test, label_key=label_key, seed=seed, n_pcs=n_pcs, C=C, max_iter=max_iter,
-                     class_weight=class_weight)
-
-
-def _logistic(train, test, *, label_key, seed, n_pcs, C, max_iter, class_weight, fit=None) -> pd.DataFrame:  # noqa: N803
-    """The shared body; ``fit``: the cells scaling and PCA are fitted on (default ``train``)."""
+    """Fit on ``train``, predict ``test``; ``confidence`` is the predicted class's probability. ``fit``: the
+    cells scaling and PCA are fitted on (default ``train``; label-free cells may be added, labels unread)."""
     train, test = align_genes(train, test)
     y = train_labels(train, label_key)
     xfit = None if fit is None else dense(fit[:, train.var_names].X)
@@ -93,5 +89,5 @@ def fit_predict_pca(
     the ``unlabelled`` training cells too (their labels unused): the cheap linear use of label-free cells
     that a pretrained model must beat when labels are scarce."""
     fit = None if unlabelled is None else ad.concat([train, unlabelled], join="inner")
-    return _logistic(train, test, label_key=label_key, seed=seed, n_pcs=n_pcs, C=C, max_iter=max_iter,
-                     class_weight="balanced", fit=fit)
+    return fit_predict(train, test, label_key=label_key, seed=seed, n_pcs=n_pcs, C=C, max_iter=max_iter,
+                       class_weight="balanced", fit=fit)
