@@ -80,7 +80,7 @@ def check_tissue_inputs(name: str, spec: DatasetSpec, source: str) -> None:
         kept = sorted(set(present) - set(map(str, spec.drop_labels)))
         if not kept:
             msg = (f"{where}.drop_labels: removes every class of {spec.label!r} ({', '.join(sorted(present)[:8])}); "
-                   "keep at least two")
+                   "keep at least one")
             raise CellerError(msg)
     if split_values:
         values = pd.concat(split_values).unique()
