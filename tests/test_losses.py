@@ -404,3 +404,17 @@ def test_balanced_softmax_and_the_default_loss_raise_tail_recall_over_ce():
                                           **section.get("loss_params", {})), seed)
         assert bs > ce + 0.1, (seed, ce, bs)
         assert default > ce + 0.1, (seed, ce, default)
+
+
+def test_gcl_second_stage_batches_are_class_balanced():
+    """GCL's second stage retrains on batches that hold each class about equally often, whatever its size."""
+    import numpy as np
+
+    from celler.rebalance import balanced_batches
+
+    labels = np.repeat([0, 1, 2], [900, 90, 10])  # ratio 90
+    rows = balanced_batches(labels, steps=200, batch_size=30, seed=0)
+    assert rows.shape == (200, 30)
+    share = np.bincount(labels[rows.ravel()], minlength=3) / rows.size
+    assert np.allclose(share, 1 / 3, atol=0.02), share  # natural shares would be 0.90 / 0.09 / 0.01
+    assert len(np.unique(rows[labels[rows] == 2])) == 10  # every tail cell is drawn, not one repeated
