@@ -161,9 +161,9 @@ def _celler(job, train, test) -> pd.DataFrame:
     from dataclasses import replace
 
     from celler.classifier import predictions_table
+    from celler.data.tokens import TokenStore
     from celler.finetune import finetune
     from celler.stages import finetune_config
-    from celler.tokens import TokenStore
 
     cfg, scgpt_dir = finetune_config(job["settings"])
     cfg = replace(cfg, seed=job["seed"])
@@ -200,8 +200,8 @@ def prepare(config: dict, tissues: list[str], cores: int) -> None:
 
 
 def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fractions=(1.0,)) -> list[dict]:
-    from celler.longtail import label_fraction
-    from celler.tokens import TokenStore
+    from celler.data.longtail import label_fraction
+    from celler.data.tokens import TokenStore
 
     jobs = []
     for tissue in tissues:
@@ -226,8 +226,8 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fra
 
 
 def score(jobs: list[dict], infos: list[dict], rare_fraction: float) -> pd.DataFrame:
+    from celler.data.tokens import TokenStore
     from celler.metrics import evaluate
-    from celler.tokens import TokenStore
 
     rows = []
     for job, info in zip(jobs, infos, strict=True):

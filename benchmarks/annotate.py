@@ -50,9 +50,9 @@ def build_query(out: Path, repeat: int) -> Path:
 def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> Path:
     """A randomly initialised classifier saved as a model directory (genes.json = the store's genes)."""
     from celler.classifier import CellClassifier, save_classifier
+    from celler.data.tokens import TokenStore
     from celler.finetune import FinetuneConfig
     from celler.model import Encoder, preset
-    from celler.tokens import TokenStore
 
     store = TokenStore(store_path)
     vocab = store.vocab()
@@ -95,9 +95,9 @@ def main() -> None:
         import pandas as pd
 
         from celler.config import DatasetSpec, InputFile
+        from celler.data.tokens import tokenize
+        from celler.data.vocab import Vocab, map_genes
         from celler.resources import default_vocab_path
-        from celler.tokens import tokenize
-        from celler.vocab import Vocab, map_genes
 
         a = ad.read_h5ad(query, backed="r")
         n_cells = a.n_obs

@@ -24,11 +24,11 @@ import yaml
 from accuracy import REPO, split_cells
 
 from celler.classifier import predictions_table
+from celler.data.longtail import label_fraction
+from celler.data.tokens import TokenStore
 from celler.finetune import finetune
-from celler.longtail import label_fraction
 from celler.metrics import evaluate
 from celler.stages import finetune_config
-from celler.tokens import TokenStore
 
 
 def main() -> None:

@@ -22,14 +22,14 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
-
 from _common import append_results
-from celler.binning import bin_per_batch, quantile_edges
+
 from celler.config import dataset_spec
+from celler.data.binning import bin_per_batch, quantile_edges
+from celler.data.tokens import TokenStore
+from celler.data.vocab import Vocab
 from celler.resources import default_vocab_path
 from celler.stages import map_stage, qc_stage, tokenize_stage
-from celler.tokens import TokenStore
-from celler.vocab import Vocab
 
 
 def write_synthetic(path: Path, n_cells: int, n_genes: int, *, density=0.1, n_batches=4, seed=0, chunk=10_000):
@@ -131,7 +131,7 @@ def main() -> None:
         nnz_per_cell = store.meta["n_tokens"] / n_kept
 
         # Same run: binning alone, vectorised vs a per-cell Python loop, on the same subsample.
-        from celler.io import MatrixReader
+        from celler.data.io import MatrixReader
 
         with MatrixReader(h5) as r:
             sub = r.rows(0, args.loop_cells)

@@ -45,10 +45,10 @@ def pbmc3k_store(cache: Path) -> Path:
     if (out / "meta.json").exists():
         return out
     from celler.config import dataset_spec
-    from celler.io import MatrixReader
-    from celler.qc import run_qc
-    from celler.tokens import tokenize
-    from celler.vocab import Vocab, map_genes
+    from celler.data.io import MatrixReader
+    from celler.data.qc import run_qc
+    from celler.data.tokens import tokenize
+    from celler.data.vocab import Vocab, map_genes
 
     spec = dataset_spec("pbmc3k", {"inputs": [str(ROOT / "resources/data/pbmc3k_raw_unlabelled_desc.h5ad")],
                                    "qc": {"min_genes": 200, "min_cells": 3}})

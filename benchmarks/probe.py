@@ -5,7 +5,7 @@
 For each weight, one model is pretrained on the unlabelled corpus alone (config.yaml's ``corpus:`` and
 ``pretrain:`` settings; cached under ``results/probe/``), and its profile view (the pretrained gene vectors and
 LayerNorm, frozen) embeds each tissue's cells; ``random`` is the same view with fresh gene vectors. A balanced
-logistic regression learns from 10% of a seed's training labels (``celler.longtail.label_fraction``) and is
+logistic regression learns from 10% of a seed's training labels (``celler.data.longtail.label_fraction``) and is
 scored on the rest of that seed's training cells: test cells are never read, so this tunes pretraining without
 the cells the accuracy benchmark reports. Macro-F1, mean over seeds 0 and 1.
 """
@@ -72,8 +72,8 @@ def probe(model_dir, config: dict, tissue: str, seed: int) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    from celler.longtail import label_fraction
-    from celler.tokens import TokenStore
+    from celler.data.longtail import label_fraction
+    from celler.data.tokens import TokenStore
 
     store = TokenStore(REPO / f"results/{tissue}/tokens")
     cells = store.cells

@@ -1,5 +1,5 @@
 """Snakemake script: the loss ablation table (the paper's Table 4 analogue)."""
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.experiments import ablation_table
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

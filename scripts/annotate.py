@@ -2,7 +2,7 @@
 import torch
 
 from celler.annotate import annotate_file
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 torch.set_num_threads(sm.threads)  # no more threads than the job was given: oversubscription is ~20x slower

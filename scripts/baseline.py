@@ -1,5 +1,5 @@
 """Snakemake script: one baseline run on a tissue's shared split (celler.experiments.baseline_stage)."""
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.experiments import baseline_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

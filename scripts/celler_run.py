@@ -1,7 +1,7 @@
 """Snakemake script: one Celler fine-tuning run (a loss variant, a seed) on a tissue's shared split."""
 import torch
 
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.experiments import celler_run_stage
 from celler.stages import finetune_config
 

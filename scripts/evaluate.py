@@ -1,7 +1,7 @@
 """Snakemake script: score every run of one tissue (celler.experiments.evaluate_stage)."""
 import pandas as pd
 
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.experiments import evaluate_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

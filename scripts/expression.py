@@ -1,6 +1,6 @@
 """Snakemake script: the QC'd, mapped, log-normalised matrix of a tissue for baselines and plots."""
-from celler.cli import run_guarded
 from celler.config import all_datasets
+from celler.errors import run_guarded
 from celler.stages import expression_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

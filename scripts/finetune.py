@@ -1,7 +1,7 @@
 """Snakemake script: fine-tune one tissue, predict its test cells, score them (celler.stages.finetune_stage)."""
 import torch
 
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.stages import finetune_config, finetune_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,6 @@
 """Snakemake script: map a dataset's genes to the vocabulary (logic in celler.stages.map_stage)."""
-from celler.cli import run_guarded
 from celler.config import all_datasets
+from celler.errors import run_guarded
 from celler.stages import map_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

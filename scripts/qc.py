@@ -1,6 +1,6 @@
 """Snakemake script: QC tables and plot for one dataset (logic in celler.stages.qc_stage)."""
-from celler.cli import run_guarded
 from celler.config import all_datasets
+from celler.errors import run_guarded
 from celler.stages import qc_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

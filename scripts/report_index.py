@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.report import build_index
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

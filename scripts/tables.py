@@ -1,7 +1,7 @@
 """Snakemake script: the paper's Table 2 and Table 3 analogues over all tissues."""
 from pathlib import Path
 
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.experiments import comparison_tables
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,6 @@
 """Snakemake script: bin a dataset into a token store (logic in celler.stages.tokenize_stage)."""
-from celler.cli import run_guarded
 from celler.config import all_datasets
+from celler.errors import run_guarded
 from celler.stages import tokenize_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,5 +1,5 @@
 """Snakemake script: the training-cell list of one (tissue, imbalance, seed) (celler.experiments)."""
-from celler.cli import run_guarded
+from celler.errors import run_guarded
 from celler.experiments import training_cells_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

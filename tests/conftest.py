@@ -86,10 +86,10 @@ def skip_or_fail(reason: str) -> None:
 def pbmc3k_tokens(tmp_path_factory):
     """Path of a token store of the real pbmc3k cells (QC'd, 51 bins), built once per session (~3 s)."""
     from celler.config import dataset_spec
-    from celler.io import MatrixReader
-    from celler.qc import run_qc
-    from celler.tokens import tokenize
-    from celler.vocab import Vocab, map_genes
+    from celler.data.io import MatrixReader
+    from celler.data.qc import run_qc
+    from celler.data.tokens import tokenize
+    from celler.data.vocab import Vocab, map_genes
 
     spec = dataset_spec("pbmc3k", {"inputs": [str(ROOT / "resources/data/pbmc3k_raw_unlabelled_desc.h5ad")],
                                    "qc": {"min_genes": 200, "min_cells": 3}})
@@ -144,8 +144,8 @@ def pancreas_model(pancreas_tokens, tmp_path_factory):
     by the annotation tests (test_annotate.py's floors were measured with these settings)."""
     import torch
 
+    from celler.data.tokens import TokenStore
     from celler.finetune import FinetuneConfig, finetune
-    from celler.tokens import TokenStore
 
     torch.manual_seed(0)
     cfg = FinetuneConfig(init="scratch", loss="ginf+hdm", epochs=20, patience=20, max_len=128, batch_size=32,

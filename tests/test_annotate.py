@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import TIMEOUT
 
 from celler.annotate import (
     HETEROGENEOUS,
@@ -30,12 +31,11 @@ from celler.annotate import (
     tokenize_query,
 )
 from celler.calibration import DEFAULT_THRESHOLD, calibrate
-from celler.errors import CellerError
 from celler.classifier import CellClassifier, save_classifier
+from celler.data.tokens import TokenStore
+from celler.errors import CellerError
 from celler.finetune import FinetuneConfig
 from celler.model import Encoder, preset
-from celler.tokens import TokenStore
-from conftest import TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 XIN = ROOT / "resources/data/pancreas_xin_scclassify.h5ad"

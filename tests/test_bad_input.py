@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from conftest import TIMEOUT, fails, set_x, tree
 
 from celler.cli import main
-from celler.io import OUTPUT_MARKER
+from celler.data.io import OUTPUT_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 KANG = REPO / "resources/data/pbmc_kang2018_8k_counts_muscat.h5ad"

@@ -3,7 +3,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from celler.binning import ValueSample, bin_per_batch, bin_per_cell, digitize, quantile_edges
+from celler.data.binning import ValueSample, bin_per_batch, bin_per_cell, digitize, quantile_edges
 
 
 def _random_counts(n, g, seed, scale=1.0):

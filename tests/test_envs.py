@@ -347,9 +347,9 @@ def test_rule_env_provides_the_scripts_imports(name, script):
 
 
 def test_import_graph_follows_celler_modules():
-    """The check sees through the thin scripts: tokenisation needs tqdm (celler.tokens), not torch."""
+    """The check sees through the thin scripts: tokenisation needs tqdm (celler.data.tokens), not torch."""
     tokenize = GRAPH.third_party(REPO / "scripts/tokenize_cells.py")
     assert {"numpy", "pandas", "scipy", "anndata", "tqdm"} <= set(tokenize), tokenize
     assert "torch" not in tokenize
     assert "torch" in GRAPH.third_party(REPO / "scripts/finetune.py")
-    assert rule_scripts(RULES["shard_tokenize"]) == [SRC / "celler/shards.py"]
+    assert rule_scripts(RULES["shard_tokenize"]) == [SRC / "celler/data/shards.py"]

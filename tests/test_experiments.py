@@ -5,8 +5,16 @@ import pandas as pd
 import pytest
 
 from celler.errors import CellerError
-from celler.experiments import (ablation_table, baseline_stage, comparison_tables, evaluate_runs, parse_imbalance,
-                                read_cell_list, train_counts, training_cells_stage)
+from celler.experiments import (
+    ablation_table,
+    baseline_stage,
+    comparison_tables,
+    evaluate_runs,
+    parse_imbalance,
+    read_cell_list,
+    train_counts,
+    training_cells_stage,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from celler.errors import CellerError
 from celler.classifier import load_classifier, predictions_table
-from celler.finetune import (FinetuneConfig, finetune, loss_candidates,
-                             validation_split)
-from celler.longtail import induce_long_tail
+from celler.data.longtail import induce_long_tail
+from celler.data.tokens import TokenStore
+from celler.errors import CellerError
+from celler.finetune import FinetuneConfig, finetune, loss_candidates, validation_split
 from celler.metrics import hierarchy_disagreement
-from celler.tokens import TokenStore
 
 FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3}
 

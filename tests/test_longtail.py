@@ -4,7 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celler.longtail import induce_long_tail, label_fraction, load_kept_cells, load_long_tail, save_long_tail
+from celler.data.longtail import (
+    induce_long_tail,
+    label_fraction,
+    load_kept_cells,
+    load_long_tail,
+    save_long_tail,
+)
 
 # CBMC's natural training class sizes: already long-tailed (natural ratio ~62)
 CBMC = [3086, 2481, 976, 348, 282, 219, 143, 93, 81, 80, 50]

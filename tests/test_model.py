@@ -17,6 +17,7 @@ from celler.batching import (
     padding_fraction,
     top_genes,
 )
+from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.model import (
     PRESETS,
@@ -28,7 +29,6 @@ from celler.model import (
     configure_optimizers,
     preset,
 )
-from celler.tokens import TokenStore
 
 V, PAD, CLS, N_BINS = 100, 97, 98, 11
 SMALL = {"vocab_size": V, "pad_id": PAD, "cls_id": CLS, "n_bins": N_BINS, "d_model": 32, "n_heads": 4,

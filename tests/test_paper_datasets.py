@@ -6,9 +6,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import yaml
-
-from celler.tokens import TokenStore
 from conftest import ROOT, build_store
+
+from celler.data.tokens import TokenStore
 
 PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
 

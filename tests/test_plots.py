@@ -14,8 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from celler import markers as mk
 from celler import plots
 from celler.config import dataset_spec
+from celler.data.qc import run_qc
 from celler.errors import CellerError
-from celler.qc import run_qc
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS_DIR = ROOT / "resources" / "markers"

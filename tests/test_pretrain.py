@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from celler.classifier import load_classifier
+from celler.data.tokens import TokenStore
+from celler.data.vocab import Vocab
 from celler.errors import CellerError
 from celler.finetune import FinetuneConfig, build_classifier, build_encoder, finetune
 from celler.model import Encoder, MaskedValueModel, ProfileEncoder, preset
@@ -26,8 +28,6 @@ from celler.pretrain import (
     pretrain,
     select_cells,
 )
-from celler.tokens import TokenStore
-from celler.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 # nats the pretrained loss must stay below the bin-frequency entropy; measured: 2.92 vs 3.89 after 60 steps

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from celler.config import dataset_spec
+from celler.data.qc import detect_kind, run_qc
+from celler.data.splits import stratified_split
 from celler.errors import CellerError
-from celler.qc import detect_kind, run_qc
-from celler.splits import stratified_split
 
 KANG = "resources/data/pbmc_kang2018_8k_counts_muscat.h5ad"
 WANG = "resources/data/pancreas_wang_scclassify.h5ad"

@@ -1,6 +1,6 @@
-"""Sharded tokenisation (celler.shards, workflow/rules/shards.smk) equals unsharded tokenisation, per cell.
+"""Sharded tokenisation (celler.data.shards, workflow/rules/shards.smk) equals unsharded tokenisation, per cell.
 
-Synthetic data only (celler.synth; never reported as real data): 2,400 cells in two input files, 3 batches.
+Synthetic data only (celler.data.synth; never reported as real data): 2,400 cells in two input files, 3 batches.
 """
 
 import json
@@ -13,15 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from celler.binning import quantile_edges
-from celler.config import dataset_spec
-from celler.resources import default_vocab_path
-from celler.shards import ValueSample, merge_samples, plan_shards, tokenize_sharded
-from celler.stages import map_stage, qc_stage, read_mapping, read_qc
-from celler.synth import make_synthetic
-from celler.tokens import ConcatStore, TokenStore, tokenize
 from conftest import TIMEOUT, skip_or_fail
+
+from celler.config import dataset_spec
+from celler.data.binning import quantile_edges
+from celler.data.qc import read_qc
+from celler.data.shards import ValueSample, merge_samples, plan_shards, tokenize_sharded
+from celler.data.synth import make_synthetic
+from celler.data.tokens import ConcatStore, TokenStore, tokenize
+from celler.data.vocab import read_mapping
+from celler.resources import default_vocab_path
+from celler.stages import map_stage, qc_stage
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = {"inputs": ["data/a.h5ad", "data/b.h5ad"], "batch": "batch", "qc": {"min_genes": 30, "min_cells": 3}}

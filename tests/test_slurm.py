@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TIMEOUT, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
+from celler.data.synth import _nb_inverse_cdf, _nb_nonzero, load_panglao, make_synthetic
 from celler.errors import CellerError
-from celler.synth import _nb_inverse_cdf, _nb_nonzero, load_panglao, make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from celler.binning import digitize
 from celler.config import dataset_spec
-from celler.io import MatrixReader
-from celler.qc import run_qc
-from celler.tokens import ConcatStore, TokenStore, tokenize
-from celler.vocab import Vocab, map_genes
+from celler.data.binning import digitize
+from celler.data.io import MatrixReader
+from celler.data.qc import run_qc
+from celler.data.tokens import ConcatStore, TokenStore, tokenize
+from celler.data.vocab import Vocab, map_genes
 
 KANG = "resources/data/pbmc_kang2018_8k_counts_muscat.h5ad"
 

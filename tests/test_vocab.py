@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from celler.data.vocab import Vocab, load_ensembl_table, map_genes, merge_matrix
 from celler.errors import CellerError
-from celler.vocab import Vocab, load_ensembl_table, map_genes, merge_matrix
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_extend_appends_new_tokens_and_keeps_old_ids(vocab):
 
 
 def test_real_pbmc3k_mapping(vocab):
-    from celler.io import MatrixReader
+    from celler.data.io import MatrixReader
 
     with MatrixReader("resources/data/pbmc3k_raw_unlabelled_desc.h5ad") as r:
         m = map_genes(r.var, vocab, ensembl_to_symbol=load_ensembl_table("resources/ensembl_to_symbol.tsv.gz"))

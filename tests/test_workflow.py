@@ -15,8 +15,8 @@ import torch
 from conftest import TIMEOUT, skip_or_fail
 from PIL import Image
 
+from celler.data.tokens import TokenStore
 from celler.pretrain import PretrainConfig, pretrain
-from celler.tokens import TokenStore
 
 REPO = Path(__file__).resolve().parents[1]
 

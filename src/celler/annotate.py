@@ -20,7 +20,7 @@ directory (nothing else from the workflow is needed):
    the query's batch column (one set of edges per batch); without it the whole query is one batch, so
    keep it when the query mixes samples sequenced to very different depths. With ``per_cell`` binning
    each cell is binned by its own quantiles and no edges are needed. The query is tokenised by
-   :func:`celler.tokens.tokenize` into a temporary token store (streamed in chunks, deleted afterwards;
+   :func:`celler.data.tokens.tokenize` into a temporary token store (streamed in chunks, deleted afterwards;
    an in-memory AnnData is first written to a temporary .h5ad, since the tokenizer reads files).
 4. **Prediction.** Cells are run through the classifier in batches of similar length (``batch_size="auto"``
    fits the free memory of the device; a CUDA out-of-memory halves it and retries), with a progress bar,
@@ -56,8 +56,8 @@ import torch
 
 from celler import __version__
 from celler.calibration import DEFAULT_THRESHOLD, unassigned
+from celler.data.io import read_json
 from celler.errors import CellerError
-from celler.io import read_json
 
 log = logging.getLogger(__name__)
 UNASSIGNED = "Unassigned"
@@ -76,7 +76,7 @@ class TrainedModel:
     path: Path
     classifier: object  # celler.classifier.CellClassifier
     labels: dict
-    vocab: object  # celler.vocab.Vocab
+    vocab: object  # celler.data.vocab.Vocab
     token_meta: dict
     config: dict
     calibration: dict | None
@@ -116,7 +116,7 @@ class TrainedModel:
 def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
     """Load a fine-tuned model directory (``results/<tissue>/model``) for annotation; clear errors if not."""
     from celler.classifier import load_classifier
-    from celler.vocab import Vocab
+    from celler.data.vocab import Vocab
 
     d = Path(model_dir)
     if not d.is_dir():
@@ -169,7 +169,7 @@ def training_genes(model_dir: Path, config: dict, vocab) -> np.ndarray | None:
         store = next((c for c in candidates if (c / "meta.json").exists() and (c / "genes.bin").exists()),
                      None)
         if store is not None:
-            from celler.tokens import TokenStore
+            from celler.data.tokens import TokenStore
 
             ids = TokenStore(store).distinct_tokens()
             if len(ids) and ids.max() < len(vocab):
@@ -218,7 +218,7 @@ class AnnotationResult:
 
     def to_csv(self, path) -> None:
         """The per-cell predictions as CSV (one row per cell, ``cell`` first), written atomically."""
-        from celler.io import atomic_path
+        from celler.data.io import atomic_path
 
         with atomic_path(path) as tmp:
             self.predictions.rename_axis("cell").to_csv(tmp)
@@ -370,7 +370,7 @@ def _device(name: str) -> torch.device:
 def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key,
                 gene_symbols) -> tuple[Path, pd.DataFrame]:
     """The query as an .h5ad path (an in-memory AnnData is written to ``tmp`` first) and its obs."""
-    from celler.io import MatrixReader
+    from celler.data.io import MatrixReader
 
     if isinstance(adata_or_path, str | Path):
         path = Path(adata_or_path)
@@ -397,7 +397,7 @@ def _query_file(adata_or_path, tmp: Path, *, matrix: str, batch_key,
     else:
         msg = f"query: matrix {matrix!r} not found; use X, raw or layers/NAME"
         raise CellerError(msg)
-    from celler.vocab import ensembl_column
+    from celler.data.vocab import ensembl_column
 
     keep = [c for c in (gene_symbols, ensembl_column(var)) if c]  # what map_genes may read
     obs = a.obs[[c for c in a.obs.columns if c == batch_key]].copy() if batch_key else pd.DataFrame(
@@ -413,11 +413,11 @@ def tokenize_query(path: Path, model: TrainedModel, out: Path, *, batch_key=None
     """Map, normalise and bin the query as the model's training data was (module docstring, steps 1-3);
     returns the temporary token store and the coverage figures."""
     from celler.config import DatasetSpec, InputFile
-    from celler.io import MatrixReader
-    from celler.qc import detect_kind
+    from celler.data.io import MatrixReader
+    from celler.data.qc import detect_kind
+    from celler.data.tokens import TokenStore, tokenize
+    from celler.data.vocab import load_ensembl_table, map_genes
     from celler.resources import resources_dir
-    from celler.tokens import TokenStore, tokenize
-    from celler.vocab import load_ensembl_table, map_genes
 
     with MatrixReader(path, matrix) as reader:
         if reader.n_cells == 0:
@@ -677,10 +677,10 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
     distribution (TSV) and a marker dot plot of the predicted types; the query file is never modified.
 
     An output may replace an existing file, never the query, the model directory or a folder
-    (:func:`celler.io.check_replaceable`; ``force`` allows a folder); this is checked before any work."""
+    (:func:`celler.data.io.check_replaceable`; ``force`` allows a folder); this is checked before any work."""
     import anndata as ad
 
-    from celler.io import atomic_path, check_replaceable
+    from celler.data.io import atomic_path, check_replaceable
 
     query, out = Path(query), Path(out)
     if out.suffix != ".h5ad":
@@ -730,8 +730,8 @@ def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: 
 
     from celler import markers as mk
     from celler import plots
-    from celler.io import to_csr
-    from celler.qc import detect_kind
+    from celler.data.io import to_csr
+    from celler.data.qc import detect_kind
 
     raw = matrix == "raw" and adata.raw is not None
     x = adata.raw.X if raw else (adata.layers[matrix[7:]] if matrix.startswith("layers/") else adata.X)

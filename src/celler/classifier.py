@@ -176,7 +176,7 @@ def highly_variable_tokens(store, cell_idx: np.ndarray, n: int) -> np.ndarray:
 def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrained, log_rows,
                     calibration: dict | None = None) -> None:
     """Write the self-describing model directory (see the module docstring)."""
-    from celler.io import atomic_path
+    from celler.data.io import atomic_path
 
     cells = store.cells
     sub_to_parent = {}
@@ -212,7 +212,7 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
 
 def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, dict]:
     """A fine-tuned classifier and its labels.json from a model directory; clear errors otherwise."""
-    from celler.io import read_json
+    from celler.data.io import read_json
 
     d = Path(model_dir)
     for name in ("model.pt", "labels.json", "vocab.json", "config.json"):

@@ -1,47 +1,12 @@
-"""The ``celler`` command and the error handling shared by every entry point (CLI and Snakemake scripts).
-
-A user-fixable problem (:class:`CellerError`) ends as one line on stderr and exit status 1, never a traceback.
-"""
+"""The ``celler`` command: ``tokenize`` and ``annotate``, each run under :func:`celler.errors.run_guarded` (a
+user-fixable problem ends as one line on stderr and exit status 1, never a traceback)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from celler.errors import CellerError
-
-
-def setup_logging(log_path: str | Path | None = None) -> None:
-    """Log to ``log_path`` (and stderr); progress bars and warnings go to the same file."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
-    logging.captureWarnings(True)
-
-
-def run_guarded(func: Callable[[], object], *, log_path: str | Path | None = None) -> None:
-    """Run ``func``; on :class:`CellerError` log and print one line and exit 1."""
-    setup_logging(log_path)
-    stderr_file = open(log_path, "a") if log_path else None  # noqa: SIM115 (closed at exit)
-    try:
-        with contextlib.redirect_stderr(stderr_file) if stderr_file else contextlib.nullcontext():
-            func()
-    except CellerError as e:  # printed once (not also logged to stderr); kept in the log file too
-        if stderr_file:
-            print(f"celler: error: {e}", file=stderr_file, flush=True)
-        print(f"celler: error: {e}", file=sys.__stderr__)
-        sys.exit(1)
-    finally:
-        if stderr_file:
-            stderr_file.close()
-
+from celler.errors import CellerError, run_guarded
 
 FORCE_HELP = ("replace an existing output Celler did not write (never an input, nor the current folder); "
               "without it an output may only replace a file, an empty folder or a folder Celler wrote")
@@ -72,10 +37,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _tokenize(args) -> None:
     from celler.config import dataset_spec
-    from celler.io import atomic_path, check_replaceable
-
+    from celler.data.io import atomic_path, check_replaceable
+    from celler.data.vocab import Vocab
     from celler.resources import default_vocab_path
-    from celler.vocab import Vocab
 
     check_replaceable(args.out, directory=True, inputs=[args.h5ad], force=args.force)  # before any work
     if not 3 <= args.n_bins <= 256:  # options are checked before the QC work, so a mistake costs nothing

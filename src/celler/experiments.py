@@ -2,7 +2,7 @@
 
 Every run of every method on a tissue reads the same two things: the QC split (train / test cells, fixed at
 QC time) and a training-cell list for its (imbalance, seed). ``natural`` lists all training cells; ``ratioN``
-is the induced long tail (:func:`celler.longtail.induce_long_tail`) at imbalance N, seeded. The test cells are
+is the induced long tail (:func:`celler.data.longtail.induce_long_tail`) at imbalance N, seeded. The test cells are
 never subsampled. Each run writes one prediction table (cell, split, level, true, predicted, confidence), so
 the evaluation never cares which method produced it.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from celler.data.io import atomic_path
+from celler.data.longtail import induce_long_tail
+from celler.data.qc import read_cells
 from celler.errors import CellerError
-from celler.io import atomic_path
-from celler.longtail import induce_long_tail
 from celler.metrics import evaluate, scalar_row
-from celler.stages import read_cells
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def celler_run_stage(store_path, *, cfg, pretrained, seed: int, train_cells_path
     The run's model directory is temporary: runs exist to be compared, the tissue's model is the main rule's.
     """
     from celler.classifier import predictions_table
+    from celler.data.tokens import TokenStore
     from celler.finetune import finetune
-    from celler.tokens import TokenStore
 
     cfg = replace(cfg, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:

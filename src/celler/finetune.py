@@ -16,8 +16,8 @@ The model, what it reads and its directory are :mod:`celler.classifier`'s.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,14 +26,23 @@ import pandas as pd
 import torch
 from torch import nn
 
-from celler.classifier import (LEVEL_COLUMN, LEVELS, CellClassifier, batch_inputs, highly_variable_tokens, loader,
-                               pick_device, predict_logits, save_classifier)
+from celler.classifier import (
+    LEVEL_COLUMN,
+    LEVELS,
+    CellClassifier,
+    batch_inputs,
+    highly_variable_tokens,
+    loader,
+    pick_device,
+    predict_logits,
+    save_classifier,
+)
+from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.losses import build_loss
 from celler.model import Encoder, configure_optimizers, preset
 from celler.pretrain import load_profile_norm
 from celler.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
-from celler.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 

@@ -291,7 +291,7 @@ def write_table(table: pd.DataFrame, path: str | Path, *, digits: int = 3) -> tu
 
     ``path`` may carry either suffix or none; both files are written next to each other, atomically.
     """
-    from celler.io import atomic_path
+    from celler.data.io import atomic_path
 
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".tsv", ".md") else p

@@ -44,10 +44,10 @@ from tqdm import tqdm
 
 from celler import __version__
 from celler.batching import CellDataset, LengthBucketSampler, RandomBatchSampler, collate
+from celler.data.tokens import ConcatStore, TokenStore
+from celler.data.vocab import Vocab
 from celler.errors import CellerError
 from celler.model import Encoder, MaskedValueModel, ModelConfig, configure_optimizers, describe, preset
-from celler.tokens import ConcatStore, TokenStore
-from celler.vocab import Vocab
 
 MODEL_FORMAT_VERSION = 1  # bump when model.pt changes incompatibly; load_pretrained refuses other versions
 PROFILE_KEYS = ("profile_genes", "profile_values", "profile_offsets", "profile_hidden")  # profile_loss's inputs

@@ -48,9 +48,9 @@ from pathlib import Path
 
 import torch
 
+from celler.data.vocab import Vocab
 from celler.errors import CellerError
 from celler.model import PRESETS, Encoder, ModelConfig
-from celler.vocab import Vocab
 
 _LAYER = r"transformer_encoder\.layers\.(\d+)\."
 MAPPED = [  # (pattern on the scGPT key, our key template)

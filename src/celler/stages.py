@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from celler.config import DatasetSpec
-from celler.io import MatrixReader, atomic_path
-from celler.qc import plot_qc, run_qc
-from celler.vocab import GeneMapping, Vocab, load_ensembl_table, map_genes
+from celler.data.io import MatrixReader, atomic_path
+from celler.data.qc import read_qc, run_qc
+from celler.data.vocab import GeneMapping, Vocab, load_ensembl_table, map_genes, read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +34,6 @@ def qc_stage(spec: DatasetSpec, *, cells_out, genes_out, summary_out, plot_out, 
                          if str(out).endswith(".gz") else None)
     with atomic_path(plot_out) as tmp:
         plot_qc(cells, spec, tmp)
-
-
-def read_cells(cells_path) -> pd.DataFrame:
-    """The QC cell table (index: cell names as strings)."""
-    cells = pd.read_csv(cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str})
-    cells.index = cells.index.astype(str)
-    return cells
-
-
-def read_qc(cells_path, genes_path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cells = read_cells(cells_path)
-    genes = pd.read_csv(genes_path, sep="\t", index_col=0)
-    genes.index = genes.index.astype(str)
-    return cells, genes
 
 
 def dataset_var(spec: DatasetSpec, genes: pd.Index) -> pd.DataFrame:
@@ -90,14 +76,9 @@ def map_stage(
     return mapping
 
 
-def read_mapping(mapping_path, vocab_path) -> GeneMapping:
-    table = pd.read_csv(mapping_path, sep="\t", dtype={"gene": str, "symbol": str, "token": str}, keep_default_na=False)
-    return GeneMapping(table=table, vocab=Vocab.load(vocab_path))
-
-
 def tokenize_stage(spec: DatasetSpec, *, cells_path, genes_path, mapping_path, vocab_path, out,
                    n_bins: int, scheme: str, normalize: bool, chunk_size: int = 20_000) -> Path:
-    from celler.tokens import tokenize
+    from celler.data.tokens import tokenize
 
     cells, genes = read_qc(cells_path, genes_path)
     mapping = read_mapping(mapping_path, vocab_path)
@@ -106,7 +87,7 @@ def tokenize_stage(spec: DatasetSpec, *, cells_path, genes_path, mapping_path, v
 
 
 def expression_stage(spec: DatasetSpec, *, cells_path, genes_path, mapping_path, vocab_path, out) -> None:
-    from celler.prepare import export_expression
+    from celler.data.prepare import export_expression
 
     cells, genes = read_qc(cells_path, genes_path)
     adata = export_expression(spec, cells, genes, read_mapping(mapping_path, vocab_path))
@@ -134,9 +115,9 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     import numpy as np
 
     from celler.classifier import predictions_table
+    from celler.data.tokens import TokenStore
     from celler.finetune import finetune
     from celler.metrics import evaluate, scalar_row
-    from celler.tokens import TokenStore
 
     model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells)
     store = TokenStore(store_path)
@@ -157,3 +138,12 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     with atomic_path(embeddings_out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, cells=np.asarray(store.cells.index[test], dtype=str), embedding=emb)
+
+
+def plot_qc(cells: pd.DataFrame, spec: DatasetSpec, path) -> None:
+    """The QC figure of the reports (:func:`celler.plots.qc_distributions`) with this dataset's thresholds."""
+    from dataclasses import asdict
+
+    from celler.plots import qc_distributions, save_figure
+
+    save_figure(qc_distributions(cells, thresholds=asdict(spec.qc), title=spec.name), path)

@@ -193,7 +193,7 @@ def sharded_datasets():
 
 def shard_ids(dataset):
     """The shard names of a sharded dataset, from its shard plan (a checkpoint: call inside input functions)."""
-    from celler.shards import read_plan
+    from celler.data.shards import read_plan
 
     return read_plan(checkpoints.shard_plan.get(dataset=dataset).output[0])["shard"].tolist()
 
@@ -216,21 +216,21 @@ def all_token_stores(names):
 
 
 def shard_config(wildcards):
-    """A dataset's config block (and the defaults) as JSON, for `python -m celler.shards`."""
+    """A dataset's config block (and the defaults) as JSON, for `python -m celler.data.shards`."""
     name = wildcards.dataset
     section = "tissues" if name in (config.get("tissues") or {}) else "corpus"
     return json.dumps({"defaults": config.get("defaults", {}), section: {name: config[section][name]}})
 
 
 def shard_read_flags():
-    """The `tokenize:` settings every `python -m celler.shards sample|tokenize` call reads a shard with."""
+    """The `tokenize:` settings every `python -m celler.data.shards sample|tokenize` call reads a shard with."""
     t = config["tokenize"]
     normalize = "" if t.get("normalize", True) else "--no-normalize"
     return f"--chunk-size {t.get('chunk_size', 20000)} {normalize}"
 
 
 def shard_tokenize_flags():
-    """The `tokenize:` settings as `python -m celler.shards tokenize` flags."""
+    """The `tokenize:` settings as `python -m celler.data.shards tokenize` flags."""
     t = config["tokenize"]
     return f"--n-bins {t['n_bins']} --binning {t['binning']} {shard_read_flags()}"
 

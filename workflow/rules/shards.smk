@@ -1,7 +1,7 @@
 # Sharded preprocessing (config `shards:`; off without it). A large dataset is tokenised as many bounded-memory
 # jobs, one per input file or per `cells_per_shard` kept cells, binned with per-batch edges shared by all its
 # shards, so that the shards' stores equal one unsharded store cell for cell. Pretraining reads the shards'
-# stores together (ConcatStore), without concatenating them. Logic: src/celler/shards.py.
+# stores together (ConcatStore), without concatenating them. Logic: src/celler/data/shards.py.
 #
 #   qc ──► shard_plan (checkpoint) ──► shard_sample × N ──► shard_edges ──► shard_tokenize × N ──► shard_stores
 #
@@ -46,7 +46,7 @@ checkpoint shard_plan:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m celler.shards plan --config {params.config:q} --dataset {wildcards.dataset}"
+        "python -m celler.data.shards plan --config {params.config:q} --dataset {wildcards.dataset}"
         " --cells {input.cells} {params.per_shard} --out {output} > {log} 2>&1"
 
 
@@ -68,7 +68,7 @@ rule shard_sample:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m celler.shards sample --config {params.config:q} --dataset {wildcards.dataset}"
+        "python -m celler.data.shards sample --config {params.config:q} --dataset {wildcards.dataset}"
         " --plan {input.plan} --shard {wildcards.shard} --genes {input.genes} --mapping {input.mapping}"
         " --vocab {input.vocab} {params.flags} --out {output} > {log} 2>&1"
 
@@ -87,7 +87,7 @@ rule shard_edges:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m celler.shards edges --samples {input.samples} --n-bins {params.n_bins} --out {output} > {log} 2>&1"
+        "python -m celler.data.shards edges --samples {input.samples} --n-bins {params.n_bins} --out {output} > {log} 2>&1"
 
 
 rule shard_tokenize:
@@ -110,7 +110,7 @@ rule shard_tokenize:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m celler.shards tokenize --config {params.config:q} --dataset {wildcards.dataset}"
+        "python -m celler.data.shards tokenize --config {params.config:q} --dataset {wildcards.dataset}"
         " --plan {input.plan} --shard {wildcards.shard} --genes {input.genes} --mapping {input.mapping}"
         " --vocab {input.vocab} {params.flags} {params.edges} --out {output} > {log} 2>&1"
 

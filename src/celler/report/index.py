@@ -46,7 +46,7 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
     report path. Each tissue's numbers come from ``evaluation/metrics.tsv`` next to its report (Celler's
     ``celler/metrics.tsv`` alone when there is no evaluation).
     """
-    from celler.io import atomic_path
+    from celler.data.io import atomic_path
 
     out_html = Path(out_html)
     base = out_html.parent

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from celler.data.qc import read_qc
 from celler.errors import CellerError
-from celler.stages import read_qc
 
 
 def need(path: Path) -> Path:

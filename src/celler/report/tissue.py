@@ -51,7 +51,7 @@ def build_tissue_report(
     Writes ``out_html`` and one PNG per entry of :data:`FIGURES` to ``figures_dir`` (default: ``figures/``
     next to ``out_html``). Returns the HTML path.
     """
-    from celler.io import atomic_path
+    from celler.data.io import atomic_path
 
     out_html = Path(out_html)
     fig_dir = Path(figures_dir) if figures_dir is not None else out_html.parent / "figures"

@@ -16,8 +16,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from celler.config import DatasetSpec
-from celler.io import MatrixReader
-from celler.vocab import GeneMapping, merge_matrix
+from celler.data.io import MatrixReader
+from celler.data.vocab import GeneMapping, merge_matrix
 
 
 @dataclass

@@ -14,9 +14,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from celler.config import DatasetSpec
+from celler.data.io import MatrixReader
+from celler.data.splits import assign_split
 from celler.errors import CellerError
-from celler.io import MatrixReader
-from celler.splits import assign_split
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +206,15 @@ def qc_summary(cells: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_qc(cells: pd.DataFrame, spec: DatasetSpec, path) -> None:
-    """The QC figure of the reports (:func:`celler.plots.qc_distributions`) with this dataset's thresholds."""
-    from dataclasses import asdict
+def read_cells(cells_path) -> pd.DataFrame:
+    """The QC cell table (index: cell names as strings)."""
+    cells = pd.read_csv(cells_path, sep="\t", index_col=0, dtype={"label": object, "parent": object, "batch": str})
+    cells.index = cells.index.astype(str)
+    return cells
 
-    from celler.plots import qc_distributions, save_figure
 
-    save_figure(qc_distributions(cells, thresholds=asdict(spec.qc), title=spec.name), path)
+def read_qc(cells_path, genes_path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cells = read_cells(cells_path)
+    genes = pd.read_csv(genes_path, sep="\t", index_col=0)
+    genes.index = genes.index.astype(str)
+    return cells, genes

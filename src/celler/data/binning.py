@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from celler.io import atomic_path
+from celler.data.io import atomic_path
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:

@@ -201,3 +201,8 @@ def merge_matrix(mapping_ids: np.ndarray):
         (np.ones(len(keep), dtype=np.float32), (keep, col)), shape=(len(mapping_ids), len(token_ids))
     )
     return m, token_ids
+
+
+def read_mapping(mapping_path, vocab_path) -> GeneMapping:
+    table = pd.read_csv(mapping_path, sep="\t", dtype={"gene": str, "symbol": str, "token": str}, keep_default_na=False)
+    return GeneMapping(table=table, vocab=Vocab.load(vocab_path))

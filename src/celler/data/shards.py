@@ -13,10 +13,10 @@ whole dataset: splits, gene detection counts); after them the work splits:
    quantiles of the same values), from an equally valid uniform subsample beyond that;
 4. :func:`tokenize_shard` bins one shard with those shared edges into its own token store.
 
-The shards' stores, read together with :class:`celler.tokens.ConcatStore` (pretraining does this when given
+The shards' stores, read together with :class:`celler.data.tokens.ConcatStore` (pretraining does this when given
 several stores), hold the same cells in the same order with the same tokens as one unsharded store.
 Steps 2 and 4 read only their shard; step 3 reads the samples batch by batch. :func:`tokenize_sharded` runs
-all four in one process. ``python -m celler.shards {plan,sample,edges,tokenize}`` are the workflow's entry
+all four in one process. ``python -m celler.data.shards {plan,sample,edges,tokenize}`` are the workflow's entry
 points (workflow/rules/shards.smk).
 """
 
@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celler.binning import ValueSample, quantile_edges
 from celler.config import DatasetSpec
+from celler.data.binning import ValueSample, quantile_edges
+from celler.data.io import atomic_path
+from celler.data.qc import read_cells
+from celler.data.tokens import read_edges
 from celler.errors import CellerError
-from celler.io import atomic_path
-from celler.stages import read_cells
-from celler.tokens import read_edges
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def sample_shard(
 ) -> ValueSample:
     """Stream one shard (``cells``: its rows of the QC table, or the whole table) into a :class:`ValueSample`
     of the values tokenisation bins: log1p(counts per 10,000) for counts when ``normalize``, else as input."""
-    from celler.prepare import iter_chunks, normalised_log
+    from celler.data.prepare import iter_chunks, normalised_log
 
     sample = ValueSample(max_values=max_values, seed=seed + int(row["first"]))
     for chunk in iter_chunks(
@@ -216,7 +216,7 @@ def tokenize_shard(
     chunk_size: int = 20_000,
 ) -> Path:
     """The token store of one shard, binned with the dataset's shared ``edges`` (per_batch binning)."""
-    from celler.tokens import tokenize
+    from celler.data.tokens import tokenize
 
     if scheme == "per_batch" and edges is None:
         msg = f"{spec.name}: a shard needs the dataset's shared bin edges (per_batch binning): merge_samples"
@@ -288,7 +288,7 @@ def tokenize_sharded(
     ]
 
 
-# --- workflow entry points: python -m celler.shards ... -----------------------------------------------------
+# --- workflow entry points: python -m celler.data.shards ... -----------------------------------------------------
 
 
 def read_plan(plan_dir: str | Path) -> pd.DataFrame:
@@ -319,7 +319,8 @@ def plan_stage(spec: DatasetSpec, *, cells_path, out_dir, cells_per_shard: int |
 
 
 def _shard_inputs(args):
-    from celler.stages import read_mapping, read_qc
+    from celler.data.qc import read_qc
+    from celler.data.vocab import read_mapping
 
     plan = read_plan(args.plan)
     row = plan.set_index("shard", drop=False).loc[args.shard]
@@ -334,9 +335,9 @@ def _dataset(args) -> DatasetSpec:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celler.cli import run_guarded
+    from celler.errors import run_guarded
 
-    parser = argparse.ArgumentParser(prog="python -m celler.shards", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m celler.data.shards", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", required=True, help="JSON with the dataset's config block and defaults")

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from celler.binning import ValueSample, bin_per_batch, bin_per_cell, digitize
 from celler.config import DatasetSpec
+from celler.data.binning import ValueSample, bin_per_batch, bin_per_cell, digitize
+from celler.data.io import atomic_path
+from celler.data.prepare import iter_chunks, normalised_log
+from celler.data.vocab import GeneMapping
 from celler.errors import CellerError
-from celler.io import atomic_path
-from celler.prepare import iter_chunks, normalised_log
-from celler.vocab import GeneMapping
 
 FORMAT_VERSION = 1
 
@@ -137,7 +137,7 @@ class TokenStore:
         return int(self.meta["n_bins"])
 
     def vocab(self):
-        from celler.vocab import Vocab
+        from celler.data.vocab import Vocab
 
         return Vocab.load(self.path / "vocab.json")
 
@@ -224,7 +224,7 @@ def tokenize(
     The input is read once: per-batch values are spooled to a temporary float32 file while their edges are
     estimated, then binned from that file; given ``edges`` (e.g. shared by the shards of one atlas) bins are
     written directly. Memory is bounded by ``chunk_size``. ``row_range=(start, stop)`` tokenises only those
-    input rows (one shard; see :mod:`celler.shards`).
+    input rows (one shard; see :mod:`celler.data.shards`).
     """
     if scheme not in ("per_batch", "per_cell"):
         msg = f"binning scheme must be 'per_batch' or 'per_cell', got {scheme!r}"
@@ -232,7 +232,7 @@ def tokenize(
     if not 3 <= n_bins <= 256:
         msg = f"n_bins must be between 3 and 256 (bins are stored as uint8), got {n_bins}"
         raise CellerError(msg)
-    from celler.prepare import token_columns
+    from celler.data.prepare import token_columns
 
     columns = token_columns(mapping, genes)
     spool = scheme == "per_batch" and edges is None
