@@ -160,9 +160,9 @@ def _celler(job, train, test) -> pd.DataFrame:
     import tempfile
     from dataclasses import replace
 
-    from celler.classifier import predictions_table
     from celler.data.tokens import TokenStore
     from celler.finetune import finetune
+    from celler.model.classifier import predictions_table
     from celler.stages import finetune_config
 
     cfg, scgpt_dir = finetune_config(job["settings"])

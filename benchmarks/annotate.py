@@ -49,10 +49,10 @@ def build_query(out: Path, repeat: int) -> Path:
 
 def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> Path:
     """A randomly initialised classifier saved as a model directory (genes.json = the store's genes)."""
-    from celler.classifier import CellClassifier, save_classifier
     from celler.data.tokens import TokenStore
     from celler.finetune import FinetuneConfig
     from celler.model import Encoder, preset
+    from celler.model.classifier import CellClassifier, save_classifier
 
     store = TokenStore(store_path)
     vocab = store.vocab()
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
     from celler.annotate import annotate, load_model, predict, tokenize_query
-    from celler.classifier import pick_device
+    from celler.model.classifier import pick_device
 
     device = pick_device(args.device)
     presets = args.presets or (["scgpt-base"] if device.type == "cuda" else ["tiny", "small"])

@@ -23,11 +23,11 @@ import torch
 import yaml
 from accuracy import REPO, split_cells
 
-from celler.classifier import predictions_table
 from celler.data.longtail import label_fraction
 from celler.data.tokens import TokenStore
 from celler.finetune import finetune
 from celler.metrics import evaluate
+from celler.model.classifier import predictions_table
 from celler.stages import finetune_config
 
 

@@ -26,14 +26,14 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 from _common import append_results  # noqa: E402  (benchmarks/, sys.path[0] when run as a script)
 
-from celler.batching import (  # noqa: E402
+from celler.model import MaskedValueModel, configure_optimizers, describe, preset  # noqa: E402
+from celler.model.batching import (  # noqa: E402
     CellDataset,
     LengthBucketSampler,
     RandomBatchSampler,
     collate,
     padding_fraction,
 )
-from celler.model import MaskedValueModel, configure_optimizers, describe, preset  # noqa: E402
 from celler.pretrain import open_stores  # noqa: E402
 
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense

@@ -58,7 +58,7 @@ def profile_view(model_dir, store, seed: int):
 
 @torch.no_grad()
 def embed(view, store, idx: np.ndarray) -> np.ndarray:
-    from celler.batching import CellDataset, collate
+    from celler.model.batching import CellDataset, collate
 
     ds = CellDataset(store, idx, mask_ratio=0.0, profile=True, tokens=False)
     out = []

@@ -30,12 +30,12 @@ from celler.annotate import (
     majority_vote,
     tokenize_query,
 )
-from celler.calibration import DEFAULT_THRESHOLD, calibrate
-from celler.classifier import CellClassifier, save_classifier
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.finetune import FinetuneConfig
 from celler.model import Encoder, preset
+from celler.model.calibration import DEFAULT_THRESHOLD, calibrate
+from celler.model.classifier import CellClassifier, save_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 XIN = ROOT / "resources/data/pancreas_xin_scclassify.h5ad"
@@ -167,7 +167,7 @@ def test_calibration_temperature_threshold_and_curve():
 
 
 def test_class_thresholds_keep_a_less_confident_class_and_never_exceed_the_global_cut():
-    from celler.calibration import class_thresholds, unassigned
+    from celler.model.calibration import class_thresholds, unassigned
 
     rng = np.random.default_rng(1)
     conf = np.concatenate([rng.uniform(0.95, 1.0, 300), rng.uniform(0.5, 0.8, 30), rng.uniform(0.4, 0.9, 20)])

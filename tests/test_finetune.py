@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from celler.classifier import load_classifier, predictions_table
 from celler.data.longtail import induce_long_tail
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.finetune import FinetuneConfig, finetune, loss_candidates, validation_split
 from celler.metrics import hierarchy_disagreement
+from celler.model.classifier import load_classifier, predictions_table
 
 FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3}
 
@@ -215,8 +215,8 @@ def test_readout_errors_are_clear(pancreas_tokens, tmp_path):
 
 
 def test_view_dropout_hides_the_encoder_views_in_training_only():
-    from celler.classifier import CellClassifier
     from celler.model import Encoder, ModelConfig
+    from celler.model.classifier import CellClassifier
 
     cfg = ModelConfig(vocab_size=40, n_bins=11, d_model=8, n_heads=2, d_ff=16, pad_id=38, cls_id=39)
     model = CellClassifier(Encoder(cfg), {"subclass": ["a", "b"]}, readout="cls+mean+profile")

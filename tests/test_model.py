@@ -8,15 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from celler.batching import (
-    IGNORE_INDEX,
-    CellDataset,
-    LengthBucketSampler,
-    RandomBatchSampler,
-    collate,
-    padding_fraction,
-    top_genes,
-)
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.model import (
@@ -28,6 +19,15 @@ from celler.model import (
     ProfileEncoder,
     configure_optimizers,
     preset,
+)
+from celler.model.batching import (
+    IGNORE_INDEX,
+    CellDataset,
+    LengthBucketSampler,
+    RandomBatchSampler,
+    collate,
+    padding_fraction,
+    top_genes,
 )
 
 V, PAD, CLS, N_BINS = 100, 97, 98, 11

@@ -304,7 +304,7 @@ def test_confusion_heatmap_60_classes_readable(tmp_path):
 
 
 def test_confidence_by_class_shows_the_unassigned_share(tmp_path):
-    from celler.calibration import unassigned
+    from celler.model.calibration import unassigned
 
     rng = np.random.default_rng(4)
     pred = pd.DataFrame(

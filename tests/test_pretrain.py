@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from celler.classifier import load_classifier
 from celler.data.tokens import TokenStore
 from celler.data.vocab import Vocab
 from celler.errors import CellerError
 from celler.finetune import FinetuneConfig, build_classifier, build_encoder, finetune
 from celler.model import Encoder, MaskedValueModel, ProfileEncoder, preset
+from celler.model.classifier import load_classifier
 from celler.pretrain import (
     PretrainConfig,
     check_vocab,
@@ -201,7 +201,7 @@ def test_cell_objective_learns_which_genes_go_together(pbmc3k_tokens, pancreas_t
     from its visible ones far better than the hidden genes of another cell (same visible genes, same number
     of candidates), and far better than at the start. Its LayerNorm is saved, and a classifier built on the
     model starts with profile gene vectors equal to the pretrained gene embedding; from scratch they differ."""
-    from celler.batching import CellDataset, collate
+    from celler.model.batching import CellDataset, collate
     from celler.pretrain import start_from
 
     cfg = PretrainConfig(preset="tiny", max_len=64, batch_size=16, max_steps=150, lr=3e-3, warmup_steps=4,
@@ -244,7 +244,7 @@ def test_cell_objective_learns_which_genes_go_together(pbmc3k_tokens, pancreas_t
 def test_other_pretrained_weights_give_other_default_predictions(pbmc3k_tokens, pancreas_tokens, tmp_path):
     """The default readout reads pretrained weights: fine-tuning the same cells with the same seed from two
     pretrained models (pretraining seeds 0 and 1) gives different logits; from scratch twice, the same."""
-    from celler.classifier import predict_logits
+    from celler.model.classifier import predict_logits
 
     ft = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, seed=0, device="cpu")
     assert ft.readout == "profile"  # the default

@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from celler.classifier import load_classifier
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.finetune import FinetuneConfig, build_encoder, finetune
+from celler.model.classifier import load_classifier
+from celler.model.scgpt import load_scgpt, map_state_dict
 from celler.pretrain import embed, load_pretrained
-from celler.scgpt import load_scgpt, map_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 D, H, FF, NL, N_BINS = 32, 4, 48, 2, 51

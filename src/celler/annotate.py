@@ -26,13 +26,13 @@ directory (nothing else from the workflow is needed):
    fits the free memory of the device; a CUDA out-of-memory halves it and retries), with a progress bar,
    on CPU or GPU; at most the training ``max_len`` tokens per cell, as in training.
 5. **Confidence.** ``softmax(logits / T)`` with the temperature ``T`` from ``calibration.json`` (per label
-   level, written at the end of fine-tuning, see :mod:`celler.calibration`); cells whose top probability
+   level, written at the end of fine-tuning, see :mod:`celler.model.calibration`); cells whose top probability
    is below the threshold of its predicted class are ``Unassigned`` (per-class thresholds, so a rare class
-   called with less confidence keeps its right calls; see :mod:`celler.calibration`), and so is a cell
+   called with less confidence keeps its right calls; see :mod:`celler.model.calibration`), and so is a cell
    with none of the model's genes. ``threshold=`` replaces them all by one cut (0 assigns every cell that
    has any of the model's genes).
    Without a ``calibration.json`` the default is ``T = 1`` and threshold
-   :data:`celler.calibration.DEFAULT_THRESHOLD` (0.5).
+   :data:`celler.model.calibration.DEFAULT_THRESHOLD` (0.5).
 6. **Majority voting** (optional, as CellTypist): the cells are over-clustered (Leiden on a neighbour graph
    of the Celler embeddings) and each cluster gets its most frequent label; a cluster whose top label
    covers less than ``min_prop`` of its cells is ``Heterogeneous``.
@@ -55,9 +55,9 @@ import pandas as pd
 import torch
 
 from celler import __version__
-from celler.calibration import DEFAULT_THRESHOLD, unassigned
 from celler.data.io import read_json
 from celler.errors import CellerError
+from celler.model.calibration import DEFAULT_THRESHOLD, unassigned
 
 log = logging.getLogger(__name__)
 UNASSIGNED = "Unassigned"
@@ -74,7 +74,7 @@ class TrainedModel:
     calibration and the genes it was trained on."""
 
     path: Path
-    classifier: object  # celler.classifier.CellClassifier
+    classifier: object  # celler.model.classifier.CellClassifier
     labels: dict
     vocab: object  # celler.data.vocab.Vocab
     token_meta: dict
@@ -115,8 +115,8 @@ class TrainedModel:
 
 def load_model(model_dir, *, device: str = "cpu") -> TrainedModel:
     """Load a fine-tuned model directory (``results/<tissue>/model``) for annotation; clear errors if not."""
-    from celler.classifier import load_classifier
     from celler.data.vocab import Vocab
+    from celler.model.classifier import load_classifier
 
     d = Path(model_dir)
     if not d.is_dir():
@@ -348,7 +348,7 @@ def annotate(
 
 def _device(name: str) -> torch.device:
     """The torch device for ``auto`` / ``cpu`` / ``cuda[:N]``; one-line error: no GPU, a bad name."""
-    from celler.classifier import pick_device
+    from celler.model.classifier import pick_device
 
     try:
         dev = pick_device(str(name))
@@ -524,8 +524,8 @@ def predict(model: TrainedModel, store, *, batch_size="auto", device=None, progr
     """Logits per level ``{level: (n, C)}`` and embeddings ``(n, d)`` of every cell of ``store``, in order."""
     from tqdm import tqdm
 
-    from celler.classifier import predict_logits
     from celler.finetune import FinetuneConfig
+    from celler.model.classifier import predict_logits
 
     device = device or next(model.classifier.parameters()).device
     bs = auto_batch_size(model, device) if batch_size == "auto" else int(batch_size)

@@ -10,7 +10,7 @@ the argmax of the raw logits (no noise, no prior term), with softmax probabiliti
 validation macro-F1 (the head/tail trade-off is data-dependent). ``two_stage`` adds a short second stage on
 the training cells that the first stage got wrong with high confidence (the paper's hard-example stage).
 
-The model, what it reads and its directory are :mod:`celler.classifier`'s.
+The model, what it reads and its directory are :mod:`celler.model.classifier`'s.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from celler.classifier import (
+from celler.data.tokens import TokenStore
+from celler.errors import CellerError
+from celler.losses import build_loss
+from celler.model import Encoder, configure_optimizers, preset
+from celler.model.classifier import (
     LEVEL_COLUMN,
     LEVELS,
     CellClassifier,
@@ -37,10 +41,6 @@ from celler.classifier import (
     predict_logits,
     save_classifier,
 )
-from celler.data.tokens import TokenStore
-from celler.errors import CellerError
-from celler.losses import build_loss
-from celler.model import Encoder, configure_optimizers, preset
 from celler.pretrain import load_profile_norm
 from celler.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
 
@@ -362,8 +362,8 @@ def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
 
 
 def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:
-    """Per level: temperature and Unassigned threshold fitted on the validation cells (celler.calibration)."""
-    from celler.calibration import calibrate
+    """Per level: temperature and Unassigned threshold fitted on the validation cells (celler.model.calibration)."""
+    from celler.model.calibration import calibrate
 
     logits, _ = predict_logits(model, store, val_idx, cfg)
     # calibrate() ignores unlabelled cells (-1) and falls back to defaults when too few are left

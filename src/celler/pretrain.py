@@ -43,11 +43,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from celler import __version__
-from celler.batching import CellDataset, LengthBucketSampler, RandomBatchSampler, collate
 from celler.data.tokens import ConcatStore, TokenStore
 from celler.data.vocab import Vocab
 from celler.errors import CellerError
 from celler.model import Encoder, MaskedValueModel, ModelConfig, configure_optimizers, describe, preset
+from celler.model.batching import CellDataset, LengthBucketSampler, RandomBatchSampler, collate
 
 MODEL_FORMAT_VERSION = 1  # bump when model.pt changes incompatibly; load_pretrained refuses other versions
 PROFILE_KEYS = ("profile_genes", "profile_values", "profile_offsets", "profile_hidden")  # profile_loss's inputs
@@ -473,11 +473,11 @@ def _read_model(d: Path) -> tuple[dict, ModelConfig, Vocab]:
 
 def load_pretrained(model_dir, *, device: str = "cpu") -> tuple[Encoder, ModelConfig, Vocab]:
     """The pretrained encoder, its config and vocabulary from a Celler model directory (``model.pt``) or a
-    scGPT one (``args.json``, ``vocab.json``, ``best_model.pt``; see :mod:`celler.scgpt`)."""
+    scGPT one (``args.json``, ``vocab.json``, ``best_model.pt``; see :mod:`celler.model.scgpt`)."""
     d = Path(model_dir)
     if not (d / "model.pt").exists():
         if (d / "best_model.pt").exists() and (d / "args.json").exists():
-            from celler.scgpt import load_scgpt
+            from celler.model.scgpt import load_scgpt
 
             encoder, mcfg, vocab = load_scgpt(d)
             return encoder.to(device), mcfg, vocab

@@ -114,10 +114,10 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     """Fine-tune on a tissue's training cells, predict its test cells, and score the predictions."""
     import numpy as np
 
-    from celler.classifier import predictions_table
     from celler.data.tokens import TokenStore
     from celler.finetune import finetune
     from celler.metrics import evaluate, scalar_row
+    from celler.model.classifier import predictions_table
 
     model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells)
     store = TokenStore(store_path)

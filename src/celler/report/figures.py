@@ -124,16 +124,16 @@ def pretrain_spikes(log: pd.DataFrame | None) -> dict | None:
 
 
 def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
-    """The confidence figure and the Unassigned share at the stored threshold(s) (celler.calibration)."""
-    from celler.calibration import DEFAULT_THRESHOLD, unassigned
+    """The confidence figure and the Unassigned share at the stored threshold(s) (celler.model.calibration)."""
+    from celler.model.calibration import DEFAULT_THRESHOLD, unassigned
 
     pred = inp.predictions_at()
     cal = (inp.calibration or {}).get(inp.level)
-    # predictions.tsv carries the calibrated confidence and the stored rule's call (celler.classifier)
+    # predictions.tsv carries the calibrated confidence and the stored rule's call (celler.model.classifier)
     mask = (pred["unassigned"].astype(bool).to_numpy() if "unassigned" in pred
             else unassigned(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy()))
     default = float((cal or {}).get("threshold", DEFAULT_THRESHOLD))
-    per_class = (cal or {}).get("class_thresholds") or {}  # the lookup celler.calibration.unassigned makes
+    per_class = (cal or {}).get("class_thresholds") or {}  # the lookup celler.model.calibration.unassigned makes
     cuts = pred["predicted"].astype(str).map(lambda c: float(per_class.get(c, default))).to_numpy()
     right = (pred["true"].astype(str) == pred["predicted"].astype(str)).to_numpy()
     fig = plots.confidence_by_class(pred, unassigned=mask, thresholds=cuts, order=inp.order())

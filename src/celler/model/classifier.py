@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from celler import __version__
-from celler.batching import CellDataset, LengthBucketSampler, collate
 from celler.errors import CellerError
 from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder
+from celler.model.batching import CellDataset, LengthBucketSampler, collate
 
 CLASSIFIER_FORMAT_VERSION = 1
 LEVELS = ("subclass", "parent")  # store.cells columns: 'label' and 'parent'
@@ -258,7 +258,7 @@ def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.Da
     says whether ``celler annotate`` would leave the cell ``Unassigned`` (the stored per-class thresholds);
     ``predicted`` is always the class itself, so evaluation scores the classifier and, separately, the rule.
     """
-    from celler.calibration import unassigned
+    from celler.model.calibration import unassigned
 
     logits, emb = predict_logits(model, store, indices, cfg)
     cells = store.cells.iloc[indices]
