@@ -100,7 +100,7 @@ def run_one(job: dict) -> dict:
 
 
 def pretrain_config(config: dict, **overrides):
-    from celler.pretrain import PretrainConfig
+    from celler.train.pretrain import PretrainConfig
 
     p = config["pretrain"]
     keys = ("max_steps", "batch_size", "lr", "warmup_steps", "max_len", "mask_ratio", "profile_weight")
@@ -110,7 +110,7 @@ def pretrain_config(config: dict, **overrides):
 
 def pretrain_corpus(config: dict) -> Path:
     """The shared model, pretrained on the corpus alone (no tissue cell), built once."""
-    from celler.pretrain import pretrain
+    from celler.train.pretrain import pretrain
 
     out = OUT / "pretrain" / "corpus"
     cfg = pretrain_config(config)
@@ -126,7 +126,7 @@ def pretrain_tissue(job: dict) -> str:
     """Continued pretraining of the corpus model on one tissue's training cells of one seed (labels unused)."""
     import torch
 
-    from celler.pretrain import pretrain
+    from celler.train.pretrain import pretrain
 
     torch.set_num_threads(1)
     out = Path(job["out"])
@@ -161,9 +161,9 @@ def _celler(job, train, test) -> pd.DataFrame:
     from dataclasses import replace
 
     from celler.data.tokens import TokenStore
-    from celler.finetune import finetune
     from celler.model.classifier import predictions_table
     from celler.stages import finetune_config
+    from celler.train.finetune import finetune
 
     cfg, scgpt_dir = finetune_config(job["settings"])
     cfg = replace(cfg, seed=job["seed"])

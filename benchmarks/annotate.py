@@ -50,9 +50,9 @@ def build_query(out: Path, repeat: int) -> Path:
 def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> Path:
     """A randomly initialised classifier saved as a model directory (genes.json = the store's genes)."""
     from celler.data.tokens import TokenStore
-    from celler.finetune import FinetuneConfig
     from celler.model import Encoder, preset
     from celler.model.classifier import CellClassifier, save_classifier
+    from celler.train.finetune import FinetuneConfig
 
     store = TokenStore(store_path)
     vocab = store.vocab()

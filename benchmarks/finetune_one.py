@@ -25,10 +25,10 @@ from accuracy import REPO, split_cells
 
 from celler.data.longtail import label_fraction
 from celler.data.tokens import TokenStore
-from celler.finetune import finetune
 from celler.metrics import evaluate
 from celler.model.classifier import predictions_table
 from celler.stages import finetune_config
+from celler.train.finetune import finetune
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from celler.model.batching import (  # noqa: E402
     collate,
     padding_fraction,
 )
-from celler.pretrain import open_stores  # noqa: E402
+from celler.train.pretrain import open_stores  # noqa: E402
 
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense
 

@@ -27,7 +27,7 @@ OUT = REPO / "results/probe"
 
 
 def corpus_model(config: dict, weight: float) -> Path:
-    from celler.pretrain import pretrain
+    from celler.train.pretrain import pretrain
 
     out = OUT / f"weight{weight:g}"
     cfg = pretrain_config(config, profile_weight=weight)
@@ -41,7 +41,7 @@ def corpus_model(config: dict, weight: float) -> Path:
 def profile_view(model_dir, store, seed: int):
     """The frozen profile view of ``model_dir`` (grown to the store's vocabulary), or a fresh one."""
     from celler.model import ProfileEncoder, preset
-    from celler.pretrain import load_pretrained, load_profile_norm
+    from celler.model.pretrained import load_pretrained, load_profile_norm
 
     vocab = store.vocab()
     if model_dir is None:

@@ -4,7 +4,7 @@
         --preset tiny --set max_steps=1500 --set lr=1e-3
     torchrun --standalone --nproc_per_node=4 scripts/pretrain.py --stores ... --out ... --preset scgpt-base
 
-``--set key=value`` (repeatable) sets any PretrainConfig field or ModelConfig field (see celler.pretrain);
+``--set key=value`` (repeatable) sets any PretrainConfig field or ModelConfig field (see celler.train.pretrain);
 ``--resume`` continues from OUT/checkpoint.pt. Exit status: 0 done, 1 user error (one line on stderr),
 143 stopped by SIGTERM after writing a checkpoint (re-run with --resume).
 """
@@ -20,7 +20,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse  # noqa: E402
 
 from celler.errors import CellerError  # noqa: E402
-from celler.pretrain import PretrainConfig, pretrain  # noqa: E402
+from celler.train.pretrain import PretrainConfig, pretrain  # noqa: E402
 
 
 def main(argv=None) -> int:

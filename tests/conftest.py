@@ -145,7 +145,7 @@ def pancreas_model(pancreas_tokens, tmp_path_factory):
     import torch
 
     from celler.data.tokens import TokenStore
-    from celler.finetune import FinetuneConfig, finetune
+    from celler.train.finetune import FinetuneConfig, finetune
 
     torch.manual_seed(0)
     cfg = FinetuneConfig(init="scratch", loss="ginf+hdm", epochs=20, patience=20, max_len=128, batch_size=32,

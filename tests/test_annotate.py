@@ -32,10 +32,10 @@ from celler.annotate import (
 )
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
-from celler.finetune import FinetuneConfig
 from celler.model import Encoder, preset
 from celler.model.calibration import DEFAULT_THRESHOLD, calibrate
 from celler.model.classifier import CellClassifier, save_classifier
+from celler.train.finetune import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 XIN = ROOT / "resources/data/pancreas_xin_scclassify.h5ad"

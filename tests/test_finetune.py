@@ -10,9 +10,9 @@ import torch
 from celler.data.longtail import induce_long_tail
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
-from celler.finetune import FinetuneConfig, finetune, loss_candidates, validation_split
 from celler.metrics import hierarchy_disagreement
 from celler.model.classifier import load_classifier, predictions_table
+from celler.train.finetune import FinetuneConfig, finetune, loss_candidates, validation_split
 
 FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3}
 
@@ -66,7 +66,7 @@ def test_validation_split_is_stratified_and_keeps_singletons():
 
 
 def test_validation_cells_are_training_cells_and_small_classes_are_validated():
-    from celler.finetune import MIN_CELLS_FOR_VALIDATION
+    from celler.train.finetune import MIN_CELLS_FOR_VALIDATION
 
     labels = np.array([0] * 200 + [1] * MIN_CELLS_FOR_VALIDATION + [2] * (MIN_CELLS_FOR_VALIDATION - 1) + [3] * 7)
     pool = np.arange(len(labels))
@@ -82,7 +82,7 @@ def test_validation_cells_are_training_cells_and_small_classes_are_validated():
 
 
 def test_validation_macro_f1_scores_only_classes_present():
-    from celler.rebalance import macro_f1
+    from celler.train.rebalance import macro_f1
 
     truth = np.array([0, 0, 1, 1])
     # a tail class 2 predicted once but absent from the validation cells: not an F1 of 0 for class 2
@@ -161,7 +161,7 @@ def test_frozen_encoder_trains_heads_only(pancreas_tokens, tmp_path):
     cfg = FinetuneConfig(**FAST, freeze_encoder=True, two_stage=True, two_stage_confidence=0.0, readout="cls")
     torch.manual_seed(cfg.seed)
     model, _, _ = finetune(pancreas_tokens, tmp_path / "m", cfg)
-    from celler.finetune import build_encoder
+    from celler.train.finetune import build_encoder
 
     torch.manual_seed(cfg.seed)
     fresh = build_encoder(cfg, TokenStore(pancreas_tokens), None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from celler.losses import (
+from celler.train.losses import (
     LOSS_NAMES,
     BalancedSoftmax,
     FocalLoss,
@@ -274,7 +274,7 @@ def test_zero_count_class_counts_as_one(batch):
 
 
 def test_hdm_ranking_with_unequal_counts_code_vs_literal():
-    from celler.hdm import class_mode, hard_classes
+    from celler.train.hdm import class_mode, hard_classes
 
     # class 1 has the larger raw logit, class 3 the larger prior-adjusted score (500 vs 9 cells... reversed)
     counts = [9, 3, 500, 120, 40]
@@ -305,7 +305,7 @@ def test_literal_eq9_noise_in_numerator_leaves_the_gradient_of_the_noise_free_so
 
 
 def test_hard_samples_are_the_most_confidently_wrong_per_predicted_class():
-    from celler.hdm import hard_samples
+    from celler.train.hdm import hard_samples
 
     z = torch.tensor([
         [5.0, 0.0, 0.0],  # predicted 0, true 1: wrong, z_0 = 5
@@ -320,7 +320,7 @@ def test_hard_samples_are_the_most_confidently_wrong_per_predicted_class():
 
 
 def test_sample_mode_adds_the_hard_cells_loss_again(batch):
-    from celler.hdm import hard_samples
+    from celler.train.hdm import hard_samples
 
     logits, targets = batch
     loss = build_loss("ginf+hdm", COUNTS, sigma=0.0, hdm_mode="sample", hdm_n=2, hdm_lambda=1.0).train()
@@ -410,7 +410,7 @@ def test_gcl_second_stage_batches_are_class_balanced():
     """GCL's second stage retrains on batches that hold each class about equally often, whatever its size."""
     import numpy as np
 
-    from celler.rebalance import balanced_batches
+    from celler.train.rebalance import balanced_batches
 
     labels = np.repeat([0, 1, 2], [900, 90, 10])  # ratio 90
     rows = balanced_batches(labels, steps=200, batch_size=30, seed=0)

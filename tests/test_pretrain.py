@@ -16,18 +16,11 @@ import torch
 from celler.data.tokens import TokenStore
 from celler.data.vocab import Vocab
 from celler.errors import CellerError
-from celler.finetune import FinetuneConfig, build_classifier, build_encoder, finetune
 from celler.model import Encoder, MaskedValueModel, ProfileEncoder, preset
 from celler.model.classifier import load_classifier
-from celler.pretrain import (
-    PretrainConfig,
-    check_vocab,
-    embed,
-    load_pretrained,
-    lr_factor,
-    pretrain,
-    select_cells,
-)
+from celler.model.pretrained import check_vocab, embed, load_pretrained
+from celler.train.finetune import FinetuneConfig, build_classifier, build_encoder, finetune
+from celler.train.pretrain import PretrainConfig, lr_factor, pretrain, select_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 # nats the pretrained loss must stay below the bin-frequency entropy; measured: 2.92 vs 3.89 after 60 steps
@@ -202,7 +195,7 @@ def test_cell_objective_learns_which_genes_go_together(pbmc3k_tokens, pancreas_t
     of candidates), and far better than at the start. Its LayerNorm is saved, and a classifier built on the
     model starts with profile gene vectors equal to the pretrained gene embedding; from scratch they differ."""
     from celler.model.batching import CellDataset, collate
-    from celler.pretrain import start_from
+    from celler.model.pretrained import start_from
 
     cfg = PretrainConfig(preset="tiny", max_len=64, batch_size=16, max_steps=150, lr=3e-3, warmup_steps=4,
                          checkpoint_every=0, max_cells=400, profile_weight=1.0)

@@ -17,10 +17,10 @@ from torch import nn
 
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
-from celler.finetune import FinetuneConfig, build_encoder, finetune
 from celler.model.classifier import load_classifier
+from celler.model.pretrained import embed, load_pretrained
 from celler.model.scgpt import load_scgpt, map_state_dict
-from celler.pretrain import embed, load_pretrained
+from celler.train.finetune import FinetuneConfig, build_encoder, finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 D, H, FF, NL, N_BINS = 32, 4, 48, 2, 51

@@ -16,7 +16,7 @@ from conftest import TIMEOUT, skip_or_fail
 from PIL import Image
 
 from celler.data.tokens import TokenStore
-from celler.pretrain import PretrainConfig, pretrain
+from celler.train.pretrain import PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 

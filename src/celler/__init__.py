@@ -4,8 +4,8 @@ The package is split by stage, each module one idea:
 
 * data stages (no torch): :mod:`celler.data.io`, :mod:`celler.data.qc`, :mod:`celler.data.vocab`,
   :mod:`celler.data.binning`, :mod:`celler.data.tokens`, :mod:`celler.data.splits`
-* model and training: :mod:`celler.model`, :mod:`celler.pretrain`, :mod:`celler.finetune`,
-  :mod:`celler.losses`
+* model and training: :mod:`celler.model`, :mod:`celler.train.pretrain`, :mod:`celler.train.finetune`,
+  :mod:`celler.train.losses`
 * evaluation and reports: :mod:`celler.metrics`, :mod:`celler.baselines`, :mod:`celler.plots`
 """
 

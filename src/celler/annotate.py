@@ -524,8 +524,8 @@ def predict(model: TrainedModel, store, *, batch_size="auto", device=None, progr
     """Logits per level ``{level: (n, C)}`` and embeddings ``(n, d)`` of every cell of ``store``, in order."""
     from tqdm import tqdm
 
-    from celler.finetune import FinetuneConfig
     from celler.model.classifier import predict_logits
+    from celler.train.finetune import FinetuneConfig
 
     device = device or next(model.classifier.parameters()).device
     bs = auto_batch_size(model, device) if batch_size == "auto" else int(batch_size)

@@ -93,8 +93,8 @@ def celler_run_stage(store_path, *, cfg, pretrained, seed: int, train_cells_path
     The run's model directory is temporary: runs exist to be compared, the tissue's model is the main rule's.
     """
     from celler.data.tokens import TokenStore
-    from celler.finetune import finetune
     from celler.model.classifier import predictions_table
+    from celler.train.finetune import finetune
 
     cfg = replace(cfg, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,7 +99,7 @@ def finetune_config(section: dict):
     """A FinetuneConfig and the pretrained-model path from the config's ``finetune:`` section."""
     from dataclasses import fields
 
-    from celler.finetune import FinetuneConfig
+    from celler.train.finetune import FinetuneConfig
 
     names = {f.name for f in fields(FinetuneConfig)}
     values = {k: v for k, v in section.items() if k in names}
@@ -115,9 +115,9 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     import numpy as np
 
     from celler.data.tokens import TokenStore
-    from celler.finetune import finetune
     from celler.metrics import evaluate, scalar_row
     from celler.model.classifier import predictions_table
+    from celler.train.finetune import finetune
 
     model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells)
     store = TokenStore(store_path)

@@ -3,7 +3,7 @@
 :class:`CellClassifier` is the pretrained encoder plus one head per label level, reading a cell embedding
 chosen by ``readout``; it carries the genes a cell is restricted to (``gene_selection: hvg``), so that every
 caller (evaluation, ``celler annotate``) reads a cell exactly as training did. Training lives in
-:mod:`celler.finetune`.
+:mod:`celler.train.finetune`.
 
 Model directory (self-describing, written by :func:`save_classifier`, read by :func:`load_classifier`)::
 

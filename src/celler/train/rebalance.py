@@ -9,7 +9,7 @@ when the test set is as imbalanced as the training set). One training run instea
 of Kang et al. 2020): the features are frozen and the head's last layer is trained on class-balanced
 batches, so that each class's weight vector sees as many cells as the head's.
 
-Both use the validation cells of :mod:`celler.finetune`; the same cells also pick the epoch, so the
+Both use the validation cells of :mod:`celler.train.finetune`; the same cells also pick the epoch, so the
 validation score of the chosen τ′ is optimistic (the test scores in the tables are not).
 """
 

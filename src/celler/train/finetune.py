@@ -28,7 +28,6 @@ from torch import nn
 
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
-from celler.losses import build_loss
 from celler.model import Encoder, configure_optimizers, preset
 from celler.model.classifier import (
     LEVEL_COLUMN,
@@ -41,8 +40,9 @@ from celler.model.classifier import (
     predict_logits,
     save_classifier,
 )
-from celler.pretrain import load_profile_norm
-from celler.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
+from celler.model.pretrained import load_profile_norm
+from celler.train.losses import build_loss
+from celler.train.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def build_encoder(cfg: FinetuneConfig, store: TokenStore, pretrained: str | Path
             raise CellerError(msg)
         return Encoder(preset(cfg.preset, vocab_size=len(vocab), n_bins=store.n_bins, pad_id=vocab.pad_id,
                               cls_id=vocab.cls_id))
-    from celler.pretrain import check_vocab, load_pretrained
+    from celler.model.pretrained import check_vocab, load_pretrained
 
     encoder, mcfg, model_vocab = load_pretrained(pretrained)
     if mcfg.n_bins != store.n_bins:
@@ -349,7 +349,7 @@ def gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, 
 
 
 def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
-    """Choose τ′ per level on the validation cells and set ``model.logit_bias`` = τ′·log N_j (celler.rebalance)."""
+    """Choose τ′ per level on the validation cells and set ``model.logit_bias`` = τ′·log N_j (celler.train.rebalance)."""
     val_logits, _ = predict_logits(model, store, val_idx, cfg)
     record = {}
     for level, z in val_logits.items():

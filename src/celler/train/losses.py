@@ -9,7 +9,7 @@ Noise is drawn only in training mode (``module.train()``); in ``.eval()`` mode G
 It comes from the ``generator`` given (or torch's global RNG), so the same seed gives the same loss.
 Losses are computed in float32 whatever the logits' dtype (bf16 autocast) and return the batch mean.
 Prediction (argmax of the logits, no noise; plus τ′·log N_j when post-hoc adjustment is on, see
-:mod:`celler.rebalance`) is not done here; HDM's hard sets are :mod:`celler.hdm`'s.
+:mod:`celler.train.rebalance`) is not done here; HDM's hard sets are :mod:`celler.train.hdm`'s.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from celler import hdm
 from celler.errors import CellerError
+from celler.train import hdm
 
 LOSS_NAMES = ("ce", "focal", "balanced_softmax", "ginf", "ginf+hdm", "gcl")
 GINF_FORMS = ("paper", "released")
@@ -109,7 +109,7 @@ class BalancedSoftmax(nn.Module):
 
 
 class HardDifficultyMining(nn.Module):
-    """HDM alone on the given logits (no noise): :func:`celler.hdm.class_mode`; the prior weights are N_j^τ."""
+    """HDM alone on the given logits (no noise): :func:`celler.train.hdm.class_mode`; the prior weights are N_j^τ."""
 
     def __init__(self, class_counts: Sequence[int], n: int = 20, tau: float = 1.0) -> None:
         super().__init__()
@@ -185,7 +185,7 @@ class GInf(nn.Module):
 
 
 class GInfHDM(GInf):
-    """GInf + λ·HDM (:mod:`celler.hdm`). Both terms see the same noisy logits z_inf (one ε draw per step) and
+    """GInf + λ·HDM (:mod:`celler.train.hdm`). Both terms see the same noisy logits z_inf (one ε draw per step) and
     the same prior as the GInf form (none for ``released``).
 
     ``hdm_mode``: ``class`` (the true class and the n hardest wrong classes per cell) or ``sample`` (per batch
@@ -229,7 +229,7 @@ class GaussianCloudedLogits(nn.Module):
     cos_j − ``cloud``·|ε_j|·Δδ_j / max Δδ with ε ~ N(0, σ²) clipped to [−1, 1], the target's cosine also by
     ``margin``; then (focal, γ = ``gamma``) cross-entropy on scale × cosines. No prior term: GCL's
     re-balancing is its second stage, a class-balanced retraining of the head's last layer
-    (:func:`celler.finetune` with ``loss: gcl``; stage-2 settings as published: margin 0.1, focal γ = 1).
+    (:func:`celler.train.finetune` with ``loss: gcl``; stage-2 settings as published: margin 0.1, focal γ = 1).
     """
 
     def __init__(self, class_counts: Sequence[int], *, scale: float = 30.0, cloud: float = 0.5,
