@@ -27,9 +27,9 @@ from celler.annotate import (
     annotate,
     auto_batch_size,
     load_model,
-    majority_vote,
     tokenize_query,
 )
+from celler.annotate.voting import majority_vote
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.model import Encoder, preset
