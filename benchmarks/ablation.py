@@ -122,7 +122,7 @@ def main() -> None:
         subprocess.run(cmd, cwd=REPO, check=True)
         walls[tissue], files[tissue] = time.time() - t0, str(target)
 
-    from celler.experiments import ablation_table
+    from celler.evaluate.experiments import ablation_table
 
     out = REPO / "results/tables/table4_ablation.tsv"
     paired = ablation_table(files, out)

@@ -182,7 +182,7 @@ def _celler(job, train, test) -> pd.DataFrame:
 def _baseline(job, train, test) -> pd.DataFrame:
     import anndata as ad
 
-    from celler.baselines import run_baseline
+    from celler.evaluate.baselines import run_baseline
 
     unlabelled = pd.Index(job.get("unlabelled", []))
     adata = ad.read_h5ad(job["expr"])
@@ -227,7 +227,7 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fra
 
 def score(jobs: list[dict], infos: list[dict], rare_fraction: float) -> pd.DataFrame:
     from celler.data.tokens import TokenStore
-    from celler.metrics import evaluate
+    from celler.evaluate.metrics import evaluate
 
     rows = []
     for job, info in zip(jobs, infos, strict=True):

@@ -25,7 +25,7 @@ from accuracy import REPO, split_cells
 
 from celler.data.longtail import label_fraction
 from celler.data.tokens import TokenStore
-from celler.metrics import evaluate
+from celler.evaluate.metrics import evaluate
 from celler.model.classifier import predictions_table
 from celler.stages import finetune_config
 from celler.train.finetune import finetune

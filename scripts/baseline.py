@@ -1,6 +1,6 @@
-"""Snakemake script: one baseline run on a tissue's shared split (celler.experiments.baseline_stage)."""
+"""Snakemake script: one baseline run on a tissue's shared split (celler.evaluate.experiments.baseline_stage)."""
 from celler.errors import run_guarded
-from celler.experiments import baseline_stage
+from celler.evaluate.experiments import baseline_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_guarded(

@@ -2,7 +2,7 @@
 import torch
 
 from celler.errors import run_guarded
-from celler.experiments import celler_run_stage
+from celler.evaluate.experiments import celler_run_stage
 from celler.stages import finetune_config
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,8 +1,8 @@
-"""Snakemake script: score every run of one tissue (celler.experiments.evaluate_stage)."""
+"""Snakemake script: score every run of one tissue (celler.evaluate.experiments.evaluate_stage)."""
 import pandas as pd
 
 from celler.errors import run_guarded
-from celler.experiments import evaluate_stage
+from celler.evaluate.experiments import evaluate_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_guarded(

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from celler.errors import run_guarded
-from celler.experiments import comparison_tables
+from celler.evaluate.experiments import comparison_tables
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_guarded(lambda: comparison_tables(sm.params.files, Path(sm.output[0]).parent), log_path=sm.log[0])

@@ -1,6 +1,6 @@
-"""Snakemake script: the training-cell list of one (tissue, imbalance, seed) (celler.experiments)."""
+"""Snakemake script: the training-cell list of one (tissue, imbalance, seed) (celler.evaluate.experiments)."""
 from celler.errors import run_guarded
-from celler.experiments import training_cells_stage
+from celler.evaluate.experiments import training_cells_stage
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_guarded(

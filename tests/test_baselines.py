@@ -9,11 +9,11 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from celler.baselines import BASELINES, PRED_COLUMNS, baseline_params, run_baseline
-from celler.baselines.actinn import actinn_transform, filter_genes
-from celler.baselines.singlecellnet import classy_genes, random_profiles
 from celler.errors import CellerError
-from celler.metrics import evaluate
+from celler.evaluate.baselines import BASELINES, PRED_COLUMNS, baseline_params, run_baseline
+from celler.evaluate.baselines.actinn import actinn_transform, filter_genes
+from celler.evaluate.baselines.singlecellnet import classy_genes, random_profiles
+from celler.evaluate.metrics import evaluate
 
 DATA = Path(__file__).resolve().parents[1] / "resources" / "data"
 PARENT = {

@@ -314,7 +314,7 @@ class ImportGraph:
         tree = self.tree(mod_file)
         for name in names:
             sub = module_file(f"{module}.{name}")
-            if sub is not None:  # `from celler.baselines import actinn`: a submodule
+            if sub is not None:  # `from celler.evaluate.baselines import actinn`: a submodule
                 out.append((sub, []))
             funcs += [
                 n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == name

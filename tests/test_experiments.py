@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from celler.errors import CellerError
-from celler.experiments import (
+from celler.evaluate.experiments import (
     ablation_table,
     baseline_stage,
     comparison_tables,
@@ -102,7 +102,7 @@ def test_tables_are_mean_and_std_over_seeds(tmp_path):
 
 
 def test_paired_differences_compare_each_seed_with_its_own_reference():
-    from celler.metrics import paired_differences
+    from celler.evaluate.metrics import paired_differences
 
     # seed 1 is harder for every loss: the paired difference removes it, two overlapping means would not
     scores = {("ce", 0): 0.80, ("ce", 1): 0.60, ("ginf", 0): 0.83, ("ginf", 1): 0.65, ("bs", 0): 0.78}

@@ -10,7 +10,7 @@ import torch
 from celler.data.longtail import induce_long_tail
 from celler.data.tokens import TokenStore
 from celler.errors import CellerError
-from celler.metrics import hierarchy_disagreement
+from celler.evaluate.metrics import hierarchy_disagreement
 from celler.model.classifier import load_classifier, predictions_table
 from celler.train.finetune import FinetuneConfig, finetune, loss_candidates, validation_split
 
@@ -178,7 +178,7 @@ def test_finetune_learns_pancreas_better_than_chance(pancreas_tokens, tmp_path):
     assert log["train_loss"].iloc[-1] < 0.8 * log["train_loss"].iloc[0]  # it learns
     # from scratch, 8 short epochs, the default readout, scored on the other study (Xin): near the linear
     # baselines (0.97-0.99 macro-F1 on these cells), far above chance (4 test classes: ~0.25)
-    from celler.metrics import evaluate
+    from celler.evaluate.metrics import evaluate
 
     store = TokenStore(pancreas_tokens)
     pred, _ = predictions_table(model, store, np.flatnonzero(store.cells.split == "test"), cfg)

@@ -14,7 +14,7 @@ from sklearn.metrics import (
 )
 
 from celler.errors import CellerError
-from celler.metrics import (
+from celler.evaluate.metrics import (
     SCALAR_METRICS,
     evaluate,
     evaluate_table,

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from conftest import skip_or_fail
 
-from celler import markers as mk
 from celler.errors import CellerError
-from celler.metrics import evaluate, scalar_row
+from celler.evaluate import markers as mk
+from celler.evaluate.metrics import evaluate, scalar_row
 from celler.report import FIGURES, build_index, build_tissue_report
 from celler.report.figures import tissue_figures
 from celler.report.inputs import load_tissue
@@ -421,7 +421,7 @@ def test_tissue_report_says_when_the_tissue_continued_pretraining(tmp_path):
 def test_marker_section_says_when_gene_names_are_anonymised():
     """CBMC-like data (gene_000 ...): the page says no known marker can be matched, instead of blaming the
     marker tables or the configuration."""
-    from celler.markers.panel import MarkerPanel
+    from celler.evaluate.markers.panel import MarkerPanel
     from celler.report.sections import markers_section
 
     shown = {"dotplot_true": "", "dotplot_predicted": ""}

@@ -6,7 +6,7 @@ The package is split by stage, each module one idea:
   :mod:`celler.data.binning`, :mod:`celler.data.tokens`, :mod:`celler.data.splits`
 * model and training: :mod:`celler.model`, :mod:`celler.train.pretrain`, :mod:`celler.train.finetune`,
   :mod:`celler.train.losses`
-* evaluation and reports: :mod:`celler.metrics`, :mod:`celler.baselines`, :mod:`celler.plots`
+* evaluation and reports: :mod:`celler.evaluate.metrics`, :mod:`celler.evaluate.baselines`, :mod:`celler.plots`
 """
 
 __version__ = "0.1.0"

@@ -115,7 +115,7 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     import numpy as np
 
     from celler.data.tokens import TokenStore
-    from celler.metrics import evaluate, scalar_row
+    from celler.evaluate.metrics import evaluate, scalar_row
     from celler.model.classifier import predictions_table
     from celler.train.finetune import finetune
 

@@ -19,7 +19,7 @@ def over_cluster(embeddings: np.ndarray, *, resolution: float | None = None, see
     """Over-clustering of the cells on their Celler embeddings: Leiden on a 15-neighbour graph, resolution
     growing with the number of cells (5 below 5,000 cells ... 30 above 200,000, as CellTypist); k-means
     with about one cluster per 30 cells when Leiden (igraph) is not installed."""
-    from celler.baselines.celltypist_lr import celltypist_resolution
+    from celler.evaluate.baselines.celltypist_lr import celltypist_resolution
 
     n = len(embeddings)
     if resolution is None:

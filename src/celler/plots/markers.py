@@ -25,7 +25,7 @@ def marker_dotplot(
     """Bubble plot: rows = ``table.group`` (labelled with ``n_cells``), columns = ``table.gene``, size =
     ``fraction`` of the group's cells expressing the gene, colour = ``mean`` / the gene's ``scale``.
 
-    ``table`` is :func:`celler.markers.dot_table` output (a group with no cells stays as an empty row, so two
+    ``table`` is :func:`celler.evaluate.markers.dot_table` output (a group with no cells stays as an empty row, so two
     plots of the same groups line up). ``scale``: per gene, the value colour 1 stands for (default: the
     gene's largest mean here); give both plots of a pair the same one so colours compare across them.
     ``markers`` (``gene, marker_of, known``) names the cell type each column marks on top and stars the

@@ -12,7 +12,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from celler.metrics import summarise
+from celler.evaluate.metrics import summarise
 
 #: The two headline metrics.
 HEADLINE = {"macro_f1": "macro-F1", "rare_recall": "rare recall"}

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from celler import markers as mk
 from celler import plots
-from celler.metrics import evaluate
+from celler.evaluate import markers as mk
+from celler.evaluate.metrics import evaluate
 from celler.plots.base import PAGE_WIDTH_IN, text_width
 from celler.report.inputs import TissueInputs
 
@@ -57,7 +57,7 @@ def class_counts(inp: TissueInputs) -> pd.DataFrame:
 def tissue_figures(
     inp: TissueInputs, *, known: pd.DataFrame | None, qc_thresholds: Mapping | None, rare_fraction: float
 ) -> tuple[dict[str, Figure], dict]:
-    """Every figure of :data:`FIGURES`, and ``facts``: ``results`` (level -> :func:`celler.metrics.evaluate`
+    """Every figure of :data:`FIGURES`, and ``facts``: ``results`` (level -> :func:`celler.evaluate.metrics.evaluate`
     result), ``selected`` (kept epoch row), ``spikes``, ``unassigned``, ``panel`` and ``marker_notes``."""
     level = inp.level
     results = {

@@ -17,7 +17,7 @@ from string import Template
 import pandas as pd
 
 from celler import __version__
-from celler.metrics import SCALAR_METRICS
+from celler.evaluate.metrics import SCALAR_METRICS
 
 DPI = 110
 

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from celler.markers import CONFIRMED, MarkerPanel
+from celler.evaluate.markers import CONFIRMED, MarkerPanel
 from celler.report.comparison import HEADLINE, compare, comparison_table, verdict
 from celler.report.inputs import TissueInputs
 from celler.report.page import cards, details, metric_table, names, note, table

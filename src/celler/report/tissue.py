@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from celler import markers as mk
 from celler import plots
-from celler.metrics import SCALAR_METRICS, summarise
+from celler.evaluate import markers as mk
+from celler.evaluate.metrics import SCALAR_METRICS, summarise
 from celler.report import sections
 from celler.report.figures import FIGURES, class_counts, tissue_figures
 from celler.report.inputs import TissueInputs, load_tissue
@@ -109,7 +109,7 @@ def _known(inp: TissueInputs, marker_tissue: str | None, markers_dir):
 
 def _metric_summary(inp: TissueInputs):
     """Mean / std over seeds per level and method, levels in model order and Celler first."""
-    from celler.baselines import BASELINES
+    from celler.evaluate.baselines import BASELINES
 
     order = ("celler", *BASELINES)
     if inp.eval_metrics is not None and not inp.eval_metrics.empty:

@@ -22,7 +22,7 @@ highest on average in that type; the others are listed with what the data shows 
 type, absent from the gene panel, excluded, ...).
 """
 
-from celler.markers.panel import (
+from celler.evaluate.markers.panel import (
     ALPHA,
     ANONYMOUS,
     CLEAN,
@@ -35,7 +35,7 @@ from celler.markers.panel import (
     marker_budget,
     marker_panel,
 )
-from celler.markers.tables import (
+from celler.evaluate.markers.tables import (
     MARKER_FILES,
     TISSUE_ALIASES,
     default_markers_dir,

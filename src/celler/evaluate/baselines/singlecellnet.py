@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 
-from celler.baselines._common import align_genes, dense, output, train_labels
 from celler.errors import CellerError
+from celler.evaluate.baselines._common import align_genes, dense, output, train_labels
 
 RAND = "rand"
 

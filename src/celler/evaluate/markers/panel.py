@@ -1,5 +1,5 @@
 """The gene panel of a report's dot plots, chosen from the training cells' true labels; the dot table
-(see :mod:`celler.markers`)."""
+(see :mod:`celler.evaluate.markers`)."""
 
 from __future__ import annotations
 

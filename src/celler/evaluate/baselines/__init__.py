@@ -18,9 +18,9 @@ from collections.abc import Callable
 import anndata as ad
 import pandas as pd
 
-from celler.baselines import actinn, celltypist_lr, knn, logreg, singlecellnet
-from celler.baselines._common import check_log1p_1e4
 from celler.errors import CellerError
+from celler.evaluate.baselines import actinn, celltypist_lr, knn, logreg, singlecellnet
+from celler.evaluate.baselines._common import check_log1p_1e4
 
 BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
     "celltypist": celltypist_lr.fit_predict,

@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from celler.baselines._common import align_genes, dense, output, train_labels
+from celler.evaluate.baselines._common import align_genes, dense, output, train_labels
 
 
 def embed(xtr: np.ndarray, xte: np.ndarray, *, n_pcs: int | None, seed: int, fit: np.ndarray | None = None,

@@ -30,7 +30,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from celler.baselines._common import align_genes, check_log1p_1e4, dense, output, train_labels
+from celler.evaluate.baselines._common import align_genes, check_log1p_1e4, dense, output, train_labels
 
 
 def actinn_transform(x_log1p: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Known markers: the PanglaoDB, CellMarker 2.0 and ScType tables in ``resources/markers``, and the
-conservative word matching of their cell-type names to a dataset's labels (see :mod:`celler.markers`)."""
+conservative word matching of their cell-type names to a dataset's labels (see :mod:`celler.evaluate.markers`)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from celler.data.io import atomic_path
 from celler.data.longtail import induce_long_tail
 from celler.data.qc import read_cells
 from celler.errors import CellerError
-from celler.metrics import evaluate, scalar_row
+from celler.evaluate.metrics import evaluate, scalar_row
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def baseline_stage(expr_path, *, method: str, seed: int, train_cells_path, out, 
     """Run baseline ``method`` on the tissue's expression matrix, trained on the listed cells only."""
     import anndata as ad
 
-    from celler.baselines import run_baseline
+    from celler.evaluate.baselines import run_baseline
 
     adata = ad.read_h5ad(expr_path)
     keep = read_cell_list(train_cells_path)
@@ -140,7 +140,7 @@ def evaluate_stage(runs: pd.DataFrame, cells_path, *, metrics_out, per_class_out
 def comparison_tables(metric_files: dict[str, str], out_dir) -> None:
     """The paper's Table 2 (tissue x level x method) and Table 3 (dataset x method) analogues, natural
     imbalance, mean ± std over seeds, as TSV and Markdown in ``out_dir``."""
-    from celler.metrics import table2, table3, write_table
+    from celler.evaluate.metrics import table2, table3, write_table
 
     runs = pd.concat([pd.read_csv(p, sep="\t").assign(tissue=t, dataset=t) for t, p in metric_files.items()])
     runs = runs[runs["imbalance"] == "natural"]
@@ -154,7 +154,7 @@ def ablation_table(metric_files: dict[str, str], out, *, reference: str = "ce") 
     each Celler loss and of the baselines run on the same (induced) training cells; and, written next to it as
     ``<out>_paired``, each loss's paired difference from ``reference`` (CE; the first loss run if CE was not).
     Returns the paired table's TSV path."""
-    from celler.metrics import paired_differences, table4, write_table
+    from celler.evaluate.metrics import paired_differences, table4, write_table
 
     runs = pd.concat([pd.read_csv(p, sep="\t").assign(tissue=t) for t, p in metric_files.items()])
     celler = runs["method"].str.startswith("celler")

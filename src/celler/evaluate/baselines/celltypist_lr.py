@@ -10,7 +10,7 @@ Two methods share the trained model:
 Input contract: ``X`` is log1p of counts normalised to 10,000 per cell (max <= 9.22), which is what
 CellTypist expects. ``celltypist.train``'s own check (the first cell's expm1 sums to exactly 10,000) is
 switched off because it fails as soon as the genes are a subset of the ones normalised over; the range
-check in :func:`celler.baselines._common.check_log1p_1e4` replaces it.
+check in :func:`celler.evaluate.baselines._common.check_log1p_1e4` replaces it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from celler.baselines._common import align_genes, check_log1p_1e4, dense, output, train_labels
+from celler.evaluate.baselines._common import align_genes, check_log1p_1e4, dense, output, train_labels
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import anndata as ad
 import pandas as pd
 from sklearn.neighbors import KNeighborsClassifier
 
-from celler.baselines._common import align_genes, dense, output, train_labels
-from celler.baselines.logreg import embed
+from celler.evaluate.baselines._common import align_genes, dense, output, train_labels
+from celler.evaluate.baselines.logreg import embed
 
 
 def fit_predict(
