@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from celler.errors import run_guarded
-from celler.report import build_index
+from celler.report.index import build_index
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 reports = {Path(p).parent.name: p for p in sm.input.reports}

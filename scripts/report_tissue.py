@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from celler.errors import run_guarded
-from celler.report import build_tissue_report
+from celler.report.tissue import build_tissue_report
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 pretrained = sm.input.pretrained or None  # the pretrained model directory, or none (scratch / scGPT weights)

@@ -1,4 +1,4 @@
-"""Report figures (celler.plots) and marker-gene selection (celler.evaluate.markers), on real data: Wang pancreas
+"""Report figures (celler.report.plots) and marker-gene selection (celler.evaluate.markers), on real data: Wang pancreas
 (log-normalised, 219 genes), CBMC (counts, anonymised 500-gene panel), FACS-sorted PBMC (counts)."""
 
 from dataclasses import asdict
@@ -11,11 +11,11 @@ import pytest
 import scanpy as sc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from celler import plots
 from celler.config import dataset_spec
 from celler.data.qc import run_qc
 from celler.errors import CellerError
 from celler.evaluate import markers as mk
+from celler.report import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS_DIR = ROOT / "resources" / "markers"

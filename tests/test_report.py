@@ -21,9 +21,10 @@ from conftest import skip_or_fail
 from celler.errors import CellerError
 from celler.evaluate import markers as mk
 from celler.evaluate.metrics import evaluate, scalar_row
-from celler.report import FIGURES, build_index, build_tissue_report
-from celler.report.figures import tissue_figures
+from celler.report.figures import FIGURES, tissue_figures
+from celler.report.index import build_index
 from celler.report.inputs import load_tissue
+from celler.report.tissue import build_tissue_report
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS_DIR = ROOT / "resources" / "markers"

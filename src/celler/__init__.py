@@ -1,12 +1,16 @@
 """Celler: cell-type annotation with a genomic language model trained for long-tailed labels.
 
-The package is split by stage, each module one idea:
+One subpackage per stage, in the order the data flows (imports only go down this list):
 
-* data stages (no torch): :mod:`celler.data.io`, :mod:`celler.data.qc`, :mod:`celler.data.vocab`,
-  :mod:`celler.data.binning`, :mod:`celler.data.tokens`, :mod:`celler.data.splits`
-* model and training: :mod:`celler.model`, :mod:`celler.train.pretrain`, :mod:`celler.train.finetune`,
-  :mod:`celler.train.losses`
-* evaluation and reports: :mod:`celler.evaluate.metrics`, :mod:`celler.evaluate.baselines`, :mod:`celler.plots`
+* :mod:`celler.data`: a user's ``.h5ad`` files to token stores (QC, genes, bins; no torch)
+* :mod:`celler.model`: the encoder, its heads, the classifier and what it reads
+* :mod:`celler.train`: pretraining and fine-tuning, the long-tail losses
+* :mod:`celler.evaluate`: metrics, runs on shared splits, the baselines, marker genes
+* :mod:`celler.report`: figures and the HTML pages
+* :mod:`celler.annotate`: new data through a trained model
+
+Above them, :mod:`celler.stages` (the file-to-file functions the Snakemake scripts call), :mod:`celler.cli` and
+:mod:`celler.preflight`; shared by all, :mod:`celler.config`, :mod:`celler.errors`, :mod:`celler.resources`.
 """
 
 __version__ = "0.1.0"

@@ -141,9 +141,9 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
 
 
 def plot_qc(cells: pd.DataFrame, spec: DatasetSpec, path) -> None:
-    """The QC figure of the reports (:func:`celler.plots.qc_distributions`) with this dataset's thresholds."""
+    """The QC figure of the reports (:func:`celler.report.plots.qc_distributions`) with this dataset's thresholds."""
     from dataclasses import asdict
 
-    from celler.plots import qc_distributions, save_figure
+    from celler.report.plots import qc_distributions, save_figure
 
     save_figure(qc_distributions(cells, thresholds=asdict(spec.qc), title=spec.name), path)

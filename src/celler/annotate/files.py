@@ -65,16 +65,16 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
 def marker_dotplot(adata, groupby: str, path, *, n_markers: int = 3, max_cells: int = 20_000,
                    matrix: str = "X", title: str = "", seed: int = 0) -> None:
     """A dot plot of the predicted types' top marker genes, drawn as the tissue reports draw theirs
-    (:func:`celler.evaluate.markers.marker_panel`, :func:`celler.plots.marker_dotplot`; ribosomal and mitochondrial genes
+    (:func:`celler.evaluate.markers.marker_panel`, :func:`celler.report.plots.marker_dotplot`; ribosomal and mitochondrial genes
     left out): rows types, columns genes. Types with fewer than 3 cells are left out (``Unassigned`` /
     ``Heterogeneous`` last); at most ``max_cells`` cells are used."""
     import anndata as ad
     import scanpy as sc
 
-    from celler import plots
     from celler.data.io import to_csr
     from celler.data.qc import detect_kind
     from celler.evaluate import markers as mk
+    from celler.report import plots
 
     raw = matrix == "raw" and adata.raw is not None
     x = adata.raw.X if raw else (adata.layers[matrix[7:]] if matrix.startswith("layers/") else adata.X)

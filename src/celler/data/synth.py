@@ -35,10 +35,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from celler.errors import CellerError
+from celler.resources import resources_dir
 
-DEFAULT_MARKERS = (
-    Path(__file__).resolve().parents[2] / "resources" / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
-)
+DEFAULT_MARKERS = resources_dir() / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
 
 
 def load_panglao(path: str | Path | None = None) -> pd.DataFrame:

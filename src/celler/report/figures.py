@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from celler import plots
 from celler.evaluate import markers as mk
 from celler.evaluate.metrics import evaluate
-from celler.plots.base import PAGE_WIDTH_IN, text_width
+from celler.report import plots
 from celler.report.inputs import TissueInputs
+from celler.report.plots.base import PAGE_WIDTH_IN, text_width
 
 #: Figures of a tissue report: file stem -> title. The workflow declares one PNG per entry.
 FIGURES = {

@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from celler import plots
 from celler.evaluate import markers as mk
 from celler.evaluate.metrics import SCALAR_METRICS, summarise
-from celler.report import sections
+from celler.report import plots, sections
 from celler.report.figures import FIGURES, class_counts, tissue_figures
 from celler.report.inputs import TissueInputs, load_tissue
 from celler.report.page import DPI, img, page

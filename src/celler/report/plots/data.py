@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from celler.plots.base import (
+from celler.report.plots.base import (
     CONTINUOUS,
     MARKERS,
     OKABE_ITO,

@@ -7,7 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from celler.plots.base import CONTINUOUS, PAGE_WIDTH_IN, empty_figure, footnote, text_width, tick_size
+from celler.report.plots.base import CONTINUOUS, PAGE_WIDTH_IN, empty_figure, footnote, text_width, tick_size
 
 #: Width of one gene column / group row (inches).
 DOT_CELL = 0.26

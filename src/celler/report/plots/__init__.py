@@ -4,13 +4,13 @@ Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot sta
 with the number of classes (up to ~60 stays readable): every class gets a fixed slot and the margins are sized
 from the longest label, so tick labels never overlap. Categorical colours: Okabe-Ito (colour-blind safe) up to
 8 classes, then tab20, then tab20 + tab20b + tab20c; continuous values use viridis. Celler is drawn with a
-marker and colour no baseline uses. One module per part of a report: :mod:`~celler.plots.data` (QC, class
-sizes, training), :mod:`~celler.plots.results` (F1, confusion, confidence), :mod:`~celler.plots.embedding`,
-:mod:`~celler.plots.markers`; :mod:`~celler.plots.base` holds what they share.
+marker and colour no baseline uses. One module per part of a report: :mod:`~celler.report.plots.data` (QC, class
+sizes, training), :mod:`~celler.report.plots.results` (F1, confusion, confidence), :mod:`~celler.report.plots.embedding`,
+:mod:`~celler.report.plots.markers`; :mod:`~celler.report.plots.base` holds what they share.
 """
 
-from celler.plots.base import OKABE_ITO, PAGE_WIDTH_IN, empty_figure, palette, save_figure
-from celler.plots.data import (
+from celler.report.plots.base import OKABE_ITO, PAGE_WIDTH_IN, empty_figure, palette, save_figure
+from celler.report.plots.data import (
     CONTINUED_PRETRAINING,
     SHARED_PRETRAINING,
     class_sizes,
@@ -19,9 +19,9 @@ from celler.plots.data import (
     selected_epoch,
     training_curves,
 )
-from celler.plots.embedding import umap_embedding
-from celler.plots.markers import DOT_CELL, marker_dotplot
-from celler.plots.results import (
+from celler.report.plots.embedding import umap_embedding
+from celler.report.plots.markers import DOT_CELL, marker_dotplot
+from celler.report.plots.results import (
     confidence_by_class,
     confusion_figure,
     confusion_heatmap,

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from celler.plots.base import palette, text_width
+from celler.report.plots.base import palette, text_width
 
 
 def umap_embedding(

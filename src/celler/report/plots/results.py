@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from celler.plots.base import (
+from celler.report.plots.base import (
     CELLER_COLOUR,
     CELLER_MARKER,
     CONTINUOUS,
