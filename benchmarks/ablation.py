@@ -74,7 +74,7 @@ def loss_targets(files: dict[str, str], reference: str = "balanced_softmax") -> 
         variant, seed = rest.rsplit("-", 1)
         if tissue in files:
             times[(variant, tissue, imbalance, int(seed))] = float(pd.read_csv(f, sep="\t")["s"].iloc[0])
-    time = pd.Series(times).groupby(level=0).mean()
+    time = pd.Series(times, dtype=float)
     val = validation_scores(files).groupby(level=[0, 1, 2]).mean().groupby(level=0).mean()  # per loss
     f1, rare = wide["macro_f1"], wide["rare_recall"]
     rows = []
@@ -83,11 +83,12 @@ def loss_targets(files: dict[str, str], reference: str = "balanced_softmax") -> 
         vs_ref = (f1[loss] - f1[reference]).groupby("bench").mean()
         rare_ce = (rare[loss] - rare["ce"]).groupby("bench").mean()
         c100 = "cbmc/ratio100/subclass"
-        rows.append({"loss": loss, "levels": len(vs_ce), "dF1_vs_ce_mean": vs_ce.mean(),
+        ratio = time.xs(loss, level=0) / time.xs("ce", level=0) if loss in time.index.get_level_values(0) else None
+        rows.append({"loss": loss, "levels": int(vs_ce.notna().sum()), "dF1_vs_ce_mean": vs_ce.mean(),
                      f"dF1_vs_{reference}_mean": vs_ref.mean(), "cbmc100_dF1_vs_ce": vs_ce.get(c100),
                      "cbmc100_dRare_vs_ce": rare_ce.get(c100), f"cbmc100_dF1_vs_{reference}": vs_ref.get(c100),
                      "worst_dF1_vs_ce": vs_ce.min(), "worst_level": vs_ce.idxmin(),
-                     "time_vs_ce": time.get(loss, np.nan) / time.get("ce", np.nan),
+                     "time_vs_ce": np.nan if ratio is None else ratio.mean(),  # paired: same level and seed
                      "val_f1_mean": val.get(loss, np.nan)})
     table = pd.DataFrame(rows).set_index("loss")
     table["targets_met"] = ((table[f"dF1_vs_{reference}_mean"] >= 0).astype(int)
