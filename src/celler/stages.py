@@ -141,7 +141,8 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
 
 
 def plot_qc(cells: pd.DataFrame, spec: DatasetSpec, path) -> None:
-    """The QC figure of the reports (:func:`celler.report.plots.qc_distributions`) with this dataset's thresholds."""
+    """The QC figure of the reports (:func:`celler.report.plots.qc_distributions`) with this dataset's
+    thresholds."""
     from dataclasses import asdict
 
     from celler.report.plots import qc_distributions, save_figure

@@ -1,4 +1,5 @@
-"""The model directory ``celler annotate`` reads: what it holds and which genes the classifier was trained on."""
+"""The model directory ``celler annotate`` reads: what it holds and which genes the classifier was
+trained on."""
 
 from __future__ import annotations
 

@@ -204,5 +204,6 @@ def merge_matrix(mapping_ids: np.ndarray):
 
 
 def read_mapping(mapping_path, vocab_path) -> GeneMapping:
+    """The gene mapping a ``map_genes`` stage wrote (TSV) with its vocabulary."""
     table = pd.read_csv(mapping_path, sep="\t", dtype={"gene": str, "symbol": str, "token": str}, keep_default_na=False)
     return GeneMapping(table=table, vocab=Vocab.load(vocab_path))

@@ -1,5 +1,6 @@
-"""A pretrained model directory read back: the encoder for fine-tuning and embeddings, the whole pretraining
-model for continued pretraining on a tissue, and the vocabulary check (Celler's ``model.pt`` or scGPT's files).
+"""A pretrained model directory read back: the encoder for fine-tuning and embeddings, the whole
+pretraining model for continued pretraining on a tissue, and the vocabulary check (Celler's ``model.pt`` or
+scGPT's files).
 
 Written by :mod:`celler.train.checkpoint` in the format ``MODEL_FORMAT_VERSION``."""
 
