@@ -187,7 +187,7 @@ def test_hdm_ignores_dropped_classes(batch):
 def test_ginf_hdm_total_uses_the_same_noisy_logits(batch):
     logits, targets = batch
     # σ = 0: GInf is balanced softmax, HDM the subset softmax on the same adjusted logits
-    total = GInfHDM(COUNTS, sigma=0.0, hdm_n=2, hdm_lambda=0.5)(logits, targets)
+    total = GInfHDM(COUNTS, sigma=0.0, hdm_n=2, hdm_lambda=0.5, hdm_mode="class")(logits, targets)
     hdm = HardDifficultyMining(COUNTS, n=2)(logits, targets)
     expected = BalancedSoftmax(COUNTS)(logits, targets) + 0.5 * hdm
     assert torch.allclose(total, expected, atol=1e-6)
@@ -198,7 +198,7 @@ def test_ginf_hdm_total_uses_the_same_noisy_logits(batch):
     assert torch.equal(only_ginf, GInf(COUNTS, **seeded)(logits, targets))
     # and with n >= C − 1 HDM repeats the GInf term exactly, noise included: total = 2·GInf
     g1, g2 = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
-    doubled = GInfHDM(COUNTS, sigma=1.0, hdm_n=C, generator=g1)(logits, targets)
+    doubled = GInfHDM(COUNTS, sigma=1.0, hdm_n=C, hdm_mode="class", generator=g1)(logits, targets)
     assert torch.allclose(doubled, 2 * GInf(COUNTS, sigma=1.0, generator=g2)(logits, targets), atol=1e-5)
 
 
@@ -293,7 +293,7 @@ def test_hdm_ranking_with_unequal_counts_code_vs_literal():
 def test_literal_eq9_noise_in_numerator_leaves_the_gradient_of_the_noise_free_softmax(batch):
     logits, targets = batch
     z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
-    noisy = build_loss("ginf+hdm", COUNTS, sigma=1.0, hdm_n=C, hdm_literal=True, hdm_lambda=1.0,
+    noisy = build_loss("ginf+hdm", COUNTS, sigma=1.0, hdm_n=C, hdm_literal=True, hdm_lambda=1.0, hdm_mode="class",
                        generator=torch.Generator().manual_seed(0)).train()
     loss = noisy(z1, targets)
     # HDM literal over all classes = balanced softmax + a constant; GInf term is the noisy paper form
@@ -337,7 +337,8 @@ def test_sample_mode_adds_the_hard_cells_loss_again(batch):
 
 def test_released_form_hdm_term_has_no_prior_either(batch):
     logits, targets = batch
-    total = build_loss("ginf+hdm", COUNTS, form="released", sigma=0.0, hdm_n=C).train()(logits, targets)
+    total = build_loss("ginf+hdm", COUNTS, form="released", sigma=0.0, hdm_n=C,
+                       hdm_mode="class").train()(logits, targets)
     assert torch.allclose(total, 2 * F.cross_entropy(logits, targets), atol=1e-5)
 
 
@@ -418,3 +419,15 @@ def test_gcl_second_stage_batches_are_class_balanced():
     share = np.bincount(labels[rows.ravel()], minlength=3) / rows.size
     assert np.allclose(share, 1 / 3, atol=0.02), share  # natural shares would be 0.90 / 0.09 / 0.01
     assert len(np.unique(rows[labels[rows] == 2])) == 10  # every tail cell is drawn, not one repeated
+
+
+def test_the_package_default_loss_is_the_workflow_default():
+    """`build_loss("ginf+hdm", counts)` from Python trains what `config.yaml`'s defaults train."""
+    import yaml
+    from conftest import ROOT
+
+    section = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]
+    package = build_loss(section["loss"], COUNTS)
+    for key, value in section["loss_params"].items():
+        got = getattr(package, key)
+        assert got == pytest.approx(value, abs=0.01) if isinstance(value, float) else got == value, (key, got, value)

@@ -195,7 +195,7 @@ class GInfHDM(GInf):
     """
 
     def __init__(
-        self, class_counts: Sequence[int], *, hdm_n: int = 20, hdm_lambda: float = 1.0, hdm_mode: str = "class",
+        self, class_counts: Sequence[int], *, hdm_n: int = 20, hdm_lambda: float = 1.0, hdm_mode: str = "sample",
         hdm_literal: bool = False, **ginf: object,
     ) -> None:
         super().__init__(class_counts, **ginf)  # type: ignore[arg-type]
@@ -274,7 +274,7 @@ _DEFAULTS: dict[str, dict[str, object]] = {
     "balanced_softmax": {"tau": 1.0},
     "ginf": {"form": "paper", "mu": 0.0, "sigma": 1 / 3, "tau": 1.0},
     "ginf+hdm": {"form": "paper", "mu": 0.0, "sigma": 1 / 3, "tau": 1.0, "hdm_n": 20, "hdm_lambda": 1.0,
-                 "hdm_mode": "class", "hdm_literal": False},
+                 "hdm_mode": "sample", "hdm_literal": False},
     "gcl": {"scale": 30.0, "cloud": 0.5, "sigma": 1 / 3, "margin": 0.0, "gamma": 0.0, "stage2_steps": 200},
 }
 
