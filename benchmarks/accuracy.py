@@ -7,7 +7,8 @@
 
 ``--label-fractions``: each method learns from a stratified share of the training labels (at least 3 cells
 per class, or all of a smaller class; the same cells for every method of a seed); the rest of the training
-cells stay in training without labels ('unlabelled': what ``logreg_pca`` fits its components on and what
+cells stay in training without labels ('unlabelled': what ``logreg_pca`` fits its components on, what
+Celler's program view fits its axes on, and what
 per-tissue pretraining may read); the test cells are the same at every fraction.
 
 Every method trains on the same training cells and is scored on the same test cells. A tissue split by
@@ -169,7 +170,8 @@ def _celler(job, train, test) -> pd.DataFrame:
     cfg = replace(cfg, seed=job["seed"])
     pretrained = scgpt_dir or (None if cfg.init == "scratch" else job["pretrained"])
     with tempfile.TemporaryDirectory() as tmp:
-        model, _, _ = finetune(job["store"], Path(tmp) / "model", cfg, pretrained=pretrained, train_cells=train)
+        model, _, _ = finetune(job["store"], Path(tmp) / "model", cfg, pretrained=pretrained, train_cells=train,
+                               unlabelled_cells=job.get("unlabelled"))
     store = TokenStore(job["store"])
     idx = np.flatnonzero(store.cells.index.isin(test))
     pred, _ = predictions_table(model, store, idx, cfg)

@@ -46,7 +46,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model, _, info = finetune(store_path, Path(tmp) / "m", cfg, pretrained=None if start == "scratch" else start,
-                                  train_cells=labelled)
+                                  train_cells=labelled, unlabelled_cells=pd.Index(train).difference(labelled))
     counts = cells.loc[labelled, "label"].astype(str).value_counts()
 
     def macro_f1(names) -> float:

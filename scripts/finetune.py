@@ -11,6 +11,7 @@ pretrained = scgpt_dir or (sm.input.pretrained or None)
 run_guarded(
     lambda: finetune_stage(sm.input.tokens, cfg=cfg, pretrained=pretrained, model_out=sm.output.model,
                            predictions_out=sm.output.predictions, embeddings_out=sm.output.embeddings,
-                           metrics_out=sm.output.metrics, per_class_out=sm.output.per_class),
+                           metrics_out=sm.output.metrics, per_class_out=sm.output.per_class,
+                           transductive=bool(sm.config.get("pretrain", {}).get("transductive", False))),
     log_path=sm.log[0],
 )

@@ -110,8 +110,11 @@ def finetune_config(section: dict):
 
 
 def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, embeddings_out, metrics_out,
-                   per_class_out, train_cells=None, rare_fraction: float = 0.03) -> None:
-    """Fine-tune on a tissue's training cells, predict its test cells, and score the predictions."""
+                   per_class_out, train_cells=None, rare_fraction: float = 0.03, transductive: bool = False) -> None:
+    """Fine-tune on a tissue's training cells, predict its test cells, and score the predictions.
+
+    ``transductive``: the program view's axes are fitted on the test cells' expression too (never their labels),
+    as pretraining's ``transductive`` reads them."""
     import numpy as np
 
     from celler.data.tokens import TokenStore
@@ -119,9 +122,10 @@ def finetune_stage(store_path, *, cfg, pretrained, model_out, predictions_out, e
     from celler.model.classifier import predictions_table
     from celler.train.finetune import finetune
 
-    model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells)
     store = TokenStore(store_path)
     test = np.flatnonzero(store.cells["split"].astype(str).eq("test").to_numpy())
+    model, levels, info = finetune(store_path, model_out, cfg, pretrained=pretrained, train_cells=train_cells,
+                                   unlabelled_cells=store.cells.index[test] if transductive else None)
     pred, emb = predictions_table(model, store, test, cfg)
     rows, per_class = [], []
     for level, classes in levels.items():

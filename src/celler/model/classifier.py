@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from celler import __version__
 from celler.errors import CellerError
 from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder
+from celler.model.programs import ProgramView
 from celler.model.batching import CellDataset, LengthBucketSampler, collate
 
 CLASSIFIER_FORMAT_VERSION = 1
@@ -43,22 +44,24 @@ LEVELS = ("subclass", "parent")  # store.cells columns: 'label' and 'parent'
 LEVEL_COLUMN = {"subclass": "label", "parent": "parent"}
 
 
-READOUTS = ("cls", "mean", "profile")  # parts of ``readout``, joined with '+': e.g. 'cls+profile'
+READOUTS = ("cls", "mean", "profile", "programs")  # parts of ``readout``, joined with '+': e.g. 'programs+profile'
+FLAT_VIEWS = ("profile", "programs")  # the views that read a cell's whole profile, not its tokens
 
 
 class CellClassifier(nn.Module):
     """Encoder + one ClassifierHead per label level; ``forward`` returns ``({level: logits (B, C)}, emb)``.
 
     The cell embedding the heads read is ``readout``: ``cls`` (the encoder's output at ``<cls>``), ``mean``
-    (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene), or
-    several joined by '+' (concatenated). ``genes``: the token ids a cell is restricted to (highly variable
+    (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene),
+    ``programs`` (:class:`ProgramView`: the cell on the tissue's ``n_programs`` principal axes, fitted before
+    fine-tuning and frozen), or several joined by '+' (concatenated). ``genes``: the token ids a cell is restricted to (highly variable
     genes), or None; kept with the model so that annotation reads cells as training did. ``cosine_scale``:
     cosine heads (``loss: gcl``). ``logit_bias``: per level, a vector added to the logits in eval mode only
     (the post-hoc logit adjustment τ′·log N_j chosen on the validation cells); training sees raw logits.
     """
 
     def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = "cls", genes=None,
-                 cosine_scale: float | None = None):
+                 cosine_scale: float | None = None, n_programs: int = 16):
         super().__init__()
         parts = readout.split("+")
         if not parts or any(p not in READOUTS for p in parts) or len(set(parts)) != len(parts):
@@ -68,18 +71,17 @@ class CellClassifier(nn.Module):
         self.readout, self.parts = readout, parts
         self.selected_genes = None if genes is None else np.asarray(genes, np.int64)
         self.levels = {k: list(v) for k, v in levels.items()}
-        self.profile = ProfileEncoder(encoder.config) if "profile" in parts else None
-        d_in = encoder.config.d_model * len(parts)
+        config = encoder.config
+        self.profile = ProfileEncoder(config) if "profile" in parts else None
+        self.programs = ProgramView(config.vocab_size, n_programs, config.n_bins) if "programs" in parts else None
+        d_in = sum(n_programs if p == "programs" else config.d_model for p in parts)
+        self.embedding_dim = d_in
         self.cosine_scale = cosine_scale
         self.heads = nn.ModuleDict({k: ClassifierHead(encoder.config, len(v), d_in, cosine_scale=cosine_scale)
                                     for k, v in levels.items()})
         self.logit_bias: dict[str, torch.Tensor] = {}  # level -> (C,), applied in eval mode
         self.calibration: dict = {}  # level -> calibration.json entry (temperature, thresholds), once fitted
-        self.view_dropout = 0.0  # training only: share of cells whose encoder views are zeroed (set by finetune)
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.encoder.config.d_model * len(self.parts)
+        self.view_dropout = 0.0  # training only: share of cells seen through the last flat view alone (finetune)
 
     def embed(self, genes, values, padding_mask=None, profile=None):
         """The readout vector (B, embedding_dim); ``profile`` = (genes, values, offsets) flat (collate)."""
@@ -92,13 +94,14 @@ class CellClassifier(nn.Module):
                 real = torch.ones_like(genes, dtype=hidden.dtype) if padding_mask is None else (~padding_mask).to(hidden.dtype)
                 real[:, 0] = 0  # not <cls>
                 views.append((hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1))
-        if views and self.training and self.view_dropout > 0 and "profile" in self.parts:
-            # whole-view dropout: some cells are seen through the profile alone, so that the head cannot lean
-            # on the encoder views (quick to fit on a few hundred cells) and leave the profile view unlearnt
+        flat = [view(*profile) for view in (self.profile, self.programs) if view is not None]  # READOUTS order
+        views += [v.to(views[0].dtype if views else torch.float32) for v in flat]
+        if len(views) > 1 and flat and self.training and self.view_dropout > 0:
+            # whole-view dropout: some cells are seen through the last flat view alone (the programs, else the
+            # profile), so that the head cannot lean on the views that fit a few hundred cells fastest (the
+            # encoder's, a learnt profile) and leave the steadier one unread
             keep = (torch.rand(len(views[0]), 1, device=views[0].device) >= self.view_dropout).to(views[0].dtype)
-            views = [v * keep for v in views]
-        if "profile" in self.parts:
-            views.append(self.profile(*profile).to(views[0].dtype if views else torch.float32))
+            views = [v * keep for v in views[:-1]] + views[-1:]
         return views[0] if len(views) == 1 else torch.cat(views, 1)
 
     def forward(self, genes, values, padding_mask=None, profile=None, *, embedding=None):
@@ -117,8 +120,8 @@ def pick_device(name: str) -> torch.device:
 def loader(store, indices, cfg, model: CellClassifier, *, shuffle: bool, epoch: int = 0):
     select = "top" if cfg.gene_selection == "hvg" else cfg.gene_selection
     ds = CellDataset(store, indices, max_len=cfg.max_len, mask_ratio=0.0, seed=cfg.seed, select=select,
-                     genes=model.selected_genes, profile=model.profile is not None,
-                     tokens=model.parts != ["profile"])  # a profile-only readout never runs the encoder
+                     genes=model.selected_genes, profile=any(p in FLAT_VIEWS for p in model.parts),
+                     tokens=not set(model.parts) <= set(FLAT_VIEWS))  # flat views alone never run the encoder
     ds.set_epoch(epoch)
     sampler = LengthBucketSampler(ds.lengths, cfg.batch_size, seed=cfg.seed, shuffle=shuffle)
     sampler.set_epoch(epoch)
@@ -187,7 +190,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         tmp.mkdir(parents=True)
         torch.save({"format_version": CLASSIFIER_FORMAT_VERSION, "celler_version": __version__,
                     "model_config": asdict(model.encoder.config), "levels": model.levels,
-                    "readout": model.readout, "selected_genes": None if model.selected_genes is None
+                    "readout": model.readout, "n_programs": model.programs.width if model.programs else None,
+                    "selected_genes": None if model.selected_genes is None
                     else model.selected_genes.tolist(), "cosine_scale": model.cosine_scale,
                     "logit_bias": {k: v.tolist() for k, v in model.logit_bias.items()},
                     "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp / "model.pt")
@@ -234,7 +238,7 @@ def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, 
     try:
         model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"],
                                readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"),
-                               cosine_scale=blob.get("cosine_scale"))
+                               cosine_scale=blob.get("cosine_scale"), n_programs=blob.get("n_programs") or 16)
         model.load_state_dict(blob["state_dict"])
         model.logit_bias = {k: torch.tensor(v, dtype=torch.float32) for k, v in
                             (blob.get("logit_bias") or {}).items()}

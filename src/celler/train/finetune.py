@@ -41,6 +41,7 @@ from celler.model.classifier import (
     save_classifier,
 )
 from celler.model.pretrained import load_profile_norm
+from celler.model.programs import fit_axes
 from celler.train.losses import build_loss
 from celler.train.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
 
@@ -58,8 +59,10 @@ class FinetuneConfig:
     gene_selection: str = "top"  # top (highest-expressed), hvg (the tissue's highly variable genes, then top),
     #                              random (a new random subset each epoch), all (no cap)
     n_hvg: int = 2000  # gene_selection 'hvg': how many highly variable genes of the training cells
-    readout: str = "profile"  # what the heads read: cls, mean, profile (every expressed gene), joined by '+'
-    view_dropout: float = 0.5  # with cls+profile: share of training cells seen through the profile alone
+    readout: str = "profile"  # what the heads read: cls, mean, profile (every expressed gene), programs (the
+    #                           tissue's principal axes, fitted without labels and frozen), joined by '+'
+    n_programs: int = 16  # readout 'programs': how many principal axes
+    view_dropout: float = 0.5  # several views: share of training cells seen through the last flat view alone
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate (heads and the profile view)
     encoder_lr_scale: float = 1.0  # the encoder learns at this multiple of lr (< 1: adapt a pretrained one gently)
@@ -150,14 +153,17 @@ def build_encoder(cfg: FinetuneConfig, store: TokenStore, pretrained: str | Path
 
 
 def build_classifier(cfg: FinetuneConfig, store: TokenStore, pretrained, levels, *, genes=None,
-                     cosine_scale=None) -> CellClassifier:
+                     cosine_scale=None, axes=None) -> CellClassifier:
     """The classifier before fine-tuning. From a pretrained model every view starts pretrained: the encoder,
     and the profile view's gene vectors (the encoder's gene embedding, which the cell-level objective
-    trained) with that objective's LayerNorm; only the heads start fresh."""
+    trained) with that objective's LayerNorm; the program view takes ``axes`` (:func:`fit_axes`, fitted
+    without labels); only the heads start fresh."""
     model = CellClassifier(build_encoder(cfg, store, pretrained), levels, readout=cfg.readout, genes=genes,
-                           cosine_scale=cosine_scale)
+                           cosine_scale=cosine_scale, n_programs=cfg.n_programs)
     if model.profile is not None and pretrained is not None and cfg.init != "scratch":
         model.profile.init_from(model.encoder.gene_embedding.weight, load_profile_norm(pretrained))
+    if model.programs is not None:
+        model.programs.set_axes(*axes)
     return model
 
 
@@ -246,11 +252,13 @@ def loss_candidates(cfg: FinetuneConfig) -> list[tuple[str, dict]]:
     return [("ginf+hdm", {**base, "tau": t, "sigma": s}) for t in cfg.auto_grid["tau"] for s in cfg.auto_grid["sigma"]]
 
 
-def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrained=None, train_cells=None):
+def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrained=None, train_cells=None,
+             unlabelled_cells=None):
     """Fine-tune on the 'train' cells of the token store at ``store_path``; write the model directory.
 
     ``train_cells``: optional list of cell names to train on instead of the store's 'train' split (an induced
-    long tail, or a split re-drawn per seed).
+    long tail, or a split re-drawn per seed). ``unlabelled_cells``: names of further cells whose expression
+    (never their labels) the program view's axes may be fitted on, besides the training cells.
     Returns ``(model, levels, info)`` where ``info`` holds the chosen loss, class counts and validation F1.
     """
     cfg = cfg or FinetuneConfig()
@@ -271,8 +279,12 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
              {k: len(v) for k, v in levels.items()})
 
     genes = highly_variable_tokens(store, all_train, cfg.n_hvg) if cfg.gene_selection == "hvg" else None
-    if cfg.freeze_encoder and "profile" in cfg.readout:
-        msg = (f"freeze_encoder caches each cell's embedding once, so the readout cannot train a profile view "
+    axes = None
+    if "programs" in cfg.readout.split("+"):
+        unlabelled = np.flatnonzero(cells.index.isin(pd.Index([] if unlabelled_cells is None else unlabelled_cells)))
+        axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed)
+    if cfg.freeze_encoder and ("profile" in cfg.readout or "programs" in cfg.readout):
+        msg = (f"freeze_encoder caches each cell's embedding once, so the readout cannot read a flat view "
                f"(readout {cfg.readout!r}); use readout cls, mean or cls+mean, or freeze_encoder: false")
         raise CellerError(msg)
 
@@ -282,7 +294,8 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
         cosine = losses["subclass"].scale if name == "gcl" else None  # GCL reads a cosine head
-        model = build_classifier(cfg, store, pretrained, levels, genes=genes, cosine_scale=cosine).to(device)
+        model = build_classifier(cfg, store, pretrained, levels, genes=genes, cosine_scale=cosine,
+                                 axes=axes).to(device)
         model.view_dropout = cfg.view_dropout
         for head in model.heads.values():
             head.drop.p = head.drop.p if cfg.head_dropout is None else cfg.head_dropout

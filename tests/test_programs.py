@@ -1,0 +1,97 @@
+"""The program view: the tissue's principal axes, fitted without labels, frozen, and carried by the model."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from celler.data.tokens import TokenStore
+from celler.model.batching import CellDataset, collate
+from celler.model.classifier import load_classifier, predictions_table
+from celler.model.programs import ProgramView, fit_axes, profile_matrix
+from celler.train.finetune import FinetuneConfig, finetune
+
+FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3,
+        "readout": "programs", "n_programs": 8}
+
+
+def _scores(view, store, idx):
+    """The view's output for the cells ``idx``, read through the loader's flat profile inputs."""
+    ds = CellDataset(store, idx, mask_ratio=0.0, profile=True, tokens=False)
+    b = collate([ds[i] for i in range(len(idx))], pad_id=int(store.meta["pad_id"]))
+    with torch.no_grad():
+        return view(b["profile_genes"], b["profile_values"], b["profile_offsets"]).numpy()
+
+
+def test_program_scores_are_the_principal_components_of_the_fitted_cells(facs_tokens):
+    from sklearn.decomposition import PCA
+
+    store = TokenStore(facs_tokens)
+    idx = np.flatnonzero(store.cells["split"].eq("train"))[:600]
+    view = ProgramView(len(store.vocab()), 8, store.n_bins)
+    view.set_axes(*fit_axes(store, idx, 8))
+    view.norm = nn.Identity()  # the scores themselves, before the LayerNorm
+    x = profile_matrix(store, idx).toarray()
+    x = x[:, (x != 0).sum(0) >= 3]
+    expected = PCA(8, svd_solver="full").fit_transform(x.astype(np.float64))
+    got = _scores(view, store, idx)
+    for j in range(8):  # the same components, each up to its sign
+        assert abs(np.corrcoef(got[:, j], expected[:, j])[0, 1]) > 0.999, j
+    assert np.abs(got.mean(0)).max() < 1e-3 * np.abs(got).max()  # centred on the fitted cells' mean
+    assert np.abs(got[:, 0]).max() == pytest.approx(np.abs(expected[:, 0]).max(), rel=1e-3)  # at the same scale
+
+
+def test_axes_read_the_unlabelled_cells_and_stay_fixed_in_training(facs_tokens, tmp_path):
+    store = TokenStore(facs_tokens)
+    cells = store.cells
+    train = cells.index[cells["split"].eq("train")]
+    labelled, unlabelled = train[::5], train.difference(train[::5])
+    model, _, _ = finetune(facs_tokens, tmp_path / "m", FinetuneConfig(**FAST), train_cells=list(labelled),
+                           unlabelled_cells=unlabelled)
+    every = np.flatnonzero(cells.index.isin(train))
+    loadings, _ = fit_axes(store, every, 8)
+    np.testing.assert_allclose(model.programs.loadings.numpy(), loadings, atol=1e-6)  # trained, yet unchanged
+    only_labelled, _ = fit_axes(store, np.flatnonzero(cells.index.isin(labelled)), 8)
+    assert not np.allclose(np.abs(only_labelled), np.abs(loadings), atol=1e-3)  # the unlabelled cells counted
+    assert not any(p is model.programs.loadings for p in model.parameters())  # a buffer, not a weight
+
+
+def test_programs_readout_travels_with_the_model(facs_tokens, tmp_path):
+    cfg = FinetuneConfig(**FAST)
+    model, _, _ = finetune(facs_tokens, tmp_path / "m", cfg)
+    assert model.embedding_dim == 8 and model.profile is None
+    store = TokenStore(facs_tokens)
+    test = np.flatnonzero(store.cells["split"].eq("test"))
+    pred, emb = predictions_table(model, store, test, cfg)
+    assert emb.shape == (len(test), 8)
+    loaded, _ = load_classifier(tmp_path / "m")
+    assert loaded.readout == "programs" and loaded.programs.width == 8
+    torch.testing.assert_close(loaded.programs.loadings, model.programs.loadings)
+    again, _ = predictions_table(loaded, store, test, cfg)
+    pd.testing.assert_series_equal(pred.predicted, again.predicted)
+
+
+def test_programs_join_the_profile_view(facs_tokens, tmp_path):
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1, "readout": "programs+profile"})
+    model, _, _ = finetune(facs_tokens, tmp_path / "m", cfg)
+    assert model.embedding_dim == 8 + model.encoder.config.d_model
+    assert model.profile is not None and model.programs is not None
+
+
+def test_view_dropout_keeps_the_programs_and_hides_the_profile_in_training_only():
+    from celler.model import Encoder, ModelConfig
+    from celler.model.classifier import CellClassifier
+
+    cfg = ModelConfig(vocab_size=40, n_bins=11, d_model=8, n_heads=2, d_ff=16, pad_id=38, cls_id=39)
+    model = CellClassifier(Encoder(cfg), {"subclass": ["a", "b"]}, readout="programs+profile", n_programs=4)
+    model.programs.set_axes(np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32),
+                            np.zeros(40, np.float32))
+    model.view_dropout = 1.0
+    profile = (torch.tensor([3, 5, 7]), torch.tensor([4, 9, 2]), torch.tensor([0, 2]))
+    model.train()
+    emb = model.embed(None, None, None, profile)
+    assert emb.shape == (2, 12)
+    assert torch.all(emb[:, :8] == 0) and torch.all(emb[:, 8:].abs().sum(1) > 0)  # the programs alone
+    model.eval()
+    assert torch.all(model.embed(None, None, None, profile)[:, :8].abs().sum(1) > 0)
