@@ -44,7 +44,7 @@ HELD_OUT = "ductal"  # the type conftest's pancreas_model is trained without
 # Floors measured on the real data with pancreas_model's settings (seed 0; seeds 0-4 noted at the asserts).
 # Training is deterministic for a given seed and thread count (1 vs 2 threads moves logits by < 0.005).
 XIN_TOP1_FLOOR = 0.97
-XIN_LABELLED_FLOOR = 0.97
+XIN_LABELLED_FLOOR = 0.85
 D_MODEL = preset("tiny").d_model
 
 
@@ -77,8 +77,9 @@ def test_xin_is_annotated_above_the_floor(model_dir, xin_result):
     assert res.info["threshold_source"] == "calibration.json" and res.info["temperature"] > 0
     top1 = float((p["top1_label"] == truth).mean())
     labelled = float((p["label"] == truth).mean())  # Unassigned counts as wrong
-    # measured with the profile readout, seeds 0-4: top-1 0.988-0.990, labelled 0.987-0.990 (0-0.6%
-    # Unassigned, 98.8-99.3% right among the assigned); seed 0: 0.988 / 0.988
+    # measured (profile readout, HDM sample reading, temperature 1 when every validation cell is right),
+    # seeds 0-4: top-1 0.984-0.993, labelled 0.878-0.960 (3.9-12% Unassigned, 99.7-99.8% right among the
+    # assigned); seed 0: 0.991 / 0.960
     assert top1 >= XIN_TOP1_FLOOR, top1
     assert labelled >= XIN_LABELLED_FLOOR, labelled
     a = res.to_adata(ad.read_h5ad(XIN))
@@ -108,7 +109,7 @@ def test_query_is_binned_exactly_as_the_training_data(model_dir, pancreas_tokens
 
 def test_unseen_type_is_less_confident_and_more_often_unassigned(model_dir):
     """Softmax confidence is a partial novelty detector: how many cells of a never-seen type fall below the
-    threshold varies widely with the seed (ductal Unassigned 0.35-0.96 over seeds 0-4), so this asserts the
+    threshold varies widely with the seed (ductal Unassigned 0.23-0.94 over seeds 0-4), so this asserts the
     ordering that held for every seed, not a share measured at one."""
     res = annotate(WANG, model_dir, progress=False)
     p = res.predictions
@@ -117,8 +118,8 @@ def test_unseen_type_is_less_confident_and_more_often_unassigned(model_dir):
     seen_right = ~held_out & p["top1_label"].eq(truth)
     unassigned = p["label"].eq(UNASSIGNED)
     # measured, seeds 0-4 (pancreas_model's settings, seed changed): mean confidence of the ductal cells
-    # 0.61-0.94 vs 0.92-1.00 for the seen types' correctly labelled cells (gap 0.06-0.31); Unassigned
-    # 0.35-0.96 of the ductal cells vs 0.03-0.17 of the seen types' (4.7-11x)
+    # 0.78-0.99 vs 0.99-1.00 for the seen types' correctly labelled cells; Unassigned 0.23-0.94 of the
+    # ductal cells vs 0-0.017 of the seen types' (at the sharpened temperature before: 0-0.04 vs 0)
     assert p["confidence"][held_out].mean() < p["confidence"][seen_right].mean()
     rate_new, rate_seen = float(unassigned[held_out].mean()), float(unassigned[~held_out].mean())
     assert rate_new > 2 * rate_seen, (rate_new, rate_seen)
@@ -162,6 +163,8 @@ def test_calibration_temperature_threshold_and_curve():
     assert cov == sorted(cov, reverse=True) and cal["curve"][0]["coverage"] == 1.0
     kept = [r for r in cal["curve"] if r["threshold"] == pytest.approx(cal["threshold"], abs=1e-4)][0]
     assert kept["accuracy"] >= 0.95 - 1e-9  # the rule: kept validation cells are >= 95% right
+    right = calibrate(torch.tensor(np.eye(c)[y] * 3, dtype=torch.float32), y)  # every cell right: no optimum
+    assert right["temperature"] == 1.0 and right["val_accuracy"] == 1.0  # not sharpened to the search's bound
     tiny = calibrate(torch.zeros(3, 2), np.array([0, 1, -100]))  # too few cells: the default
     assert tiny["threshold"] == DEFAULT_THRESHOLD
 
