@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from celler import __version__
 from celler.errors import CellerError
 from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder
-from celler.model.programs import ProgramView
+from celler.model.programs import ProgramView, profile_matrix
 from celler.model.batching import CellDataset, LengthBucketSampler, collate
 
 CLASSIFIER_FORMAT_VERSION = 1
@@ -162,16 +162,12 @@ def highly_variable_tokens(store, cell_idx: np.ndarray, n: int) -> np.ndarray:
     on the binned values scaled to a log-expression-like 0..5 range)."""
     import anndata as ad
     import scanpy as sc
-    import scipy.sparse as sp
 
-    rows = [store[int(i)] for i in cell_idx]
-    genes = np.concatenate([g for g, _ in rows]).astype(np.int64)
-    tokens, cols = np.unique(genes, return_inverse=True)
+    x = profile_matrix(store, cell_idx)  # bin / (n_bins - 1)
+    tokens = np.flatnonzero(x.getnnz(axis=0))
     if len(tokens) <= n:
         return tokens
-    values = np.concatenate([b for _, b in rows]).astype(np.float32) * (5.0 / (store.n_bins - 1))
-    indptr = np.concatenate([[0], np.cumsum([len(g) for g, _ in rows])])
-    x = sp.csr_matrix((values, cols, indptr), shape=(len(rows), len(tokens)))
+    x = x[:, tokens] * 5.0
     hvg = sc.pp.highly_variable_genes(ad.AnnData(x), n_top_genes=n, flavor="seurat", inplace=False)
     return tokens[hvg["highly_variable"].to_numpy()]
 
