@@ -95,3 +95,18 @@ def test_view_dropout_keeps_the_programs_and_hides_the_profile_in_training_only(
     assert torch.all(emb[:, :8] == 0) and torch.all(emb[:, 8:].abs().sum(1) > 0)  # the programs alone
     model.eval()
     assert torch.all(model.embed(None, None, None, profile)[:, :8].abs().sum(1) > 0)
+
+
+def test_transductive_stage_fits_the_axes_on_the_test_cells_too(facs_tokens, tmp_path):
+    from celler.stages import finetune_stage
+
+    store = TokenStore(facs_tokens)
+    outs = {k: tmp_path / k for k in ("model", "predictions.tsv", "emb.npy", "metrics.tsv", "per_class.tsv")}
+    finetune_stage(facs_tokens, cfg=FinetuneConfig(**{**FAST, "epochs": 1}), pretrained=None,
+                   model_out=outs["model"], predictions_out=outs["predictions.tsv"], embeddings_out=outs["emb.npy"],
+                   metrics_out=outs["metrics.tsv"], per_class_out=outs["per_class.tsv"], transductive=True)
+    model, _ = load_classifier(outs["model"])
+    every = np.flatnonzero(store.cells["split"].isin(["train", "test"]))
+    np.testing.assert_allclose(model.programs.loadings.numpy(), fit_axes(store, every, 8)[0], atol=1e-6)
+    train_only, _ = fit_axes(store, np.flatnonzero(store.cells["split"].eq("train")), 8)
+    assert not np.allclose(np.abs(train_only), np.abs(model.programs.loadings.numpy()), atol=1e-3)

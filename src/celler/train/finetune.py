@@ -279,14 +279,14 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
              {k: len(v) for k, v in levels.items()})
 
     genes = highly_variable_tokens(store, all_train, cfg.n_hvg) if cfg.gene_selection == "hvg" else None
-    axes = None
-    if "programs" in cfg.readout.split("+"):
-        unlabelled = np.flatnonzero(cells.index.isin(pd.Index([] if unlabelled_cells is None else unlabelled_cells)))
-        axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed)
     if cfg.freeze_encoder and ("profile" in cfg.readout or "programs" in cfg.readout):
         msg = (f"freeze_encoder caches each cell's embedding once, so the readout cannot read a flat view "
                f"(readout {cfg.readout!r}); use readout cls, mean or cls+mean, or freeze_encoder: false")
         raise CellerError(msg)
+    axes = None
+    if "programs" in cfg.readout.split("+"):
+        unlabelled = np.flatnonzero(cells.index.isin(pd.Index([] if unlabelled_cells is None else unlabelled_cells)))
+        axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed)
 
     best_overall, rows, candidates = None, [], []
     for name, params in loss_candidates(cfg):
