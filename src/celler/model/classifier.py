@@ -7,7 +7,8 @@ caller (evaluation, ``celler annotate``) reads a cell exactly as training did. T
 
 Model directory (self-describing, written by :func:`save_classifier`, read by :func:`load_classifier`)::
 
-    model.pt       encoder + heads weights, ModelConfig, label levels, readout, selected genes, format, version
+    model.pt       encoder + heads weights (and program axes), ModelConfig, label levels, readout, selected genes,
+                   format, version
     config.json    the FinetuneConfig, where the encoder came from, the chosen loss settings
     labels.json    per level: classes (id order) and training counts; subclass -> parent map
     calibration.json  per level: temperature and Unassigned threshold fitted on the validation cells
@@ -54,8 +55,8 @@ class CellClassifier(nn.Module):
     The cell embedding the heads read is ``readout``: ``cls`` (the encoder's output at ``<cls>``), ``mean``
     (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene),
     ``programs`` (:class:`ProgramView`: the cell on the tissue's ``n_programs`` principal axes, fitted before
-    fine-tuning and frozen), or several joined by '+' (concatenated). ``genes``: the token ids a cell is restricted to (highly variable
-    genes), or None; kept with the model so that annotation reads cells as training did. ``cosine_scale``:
+    fine-tuning and frozen), or several joined by '+' (concatenated). ``genes``: the token ids a cell is
+    restricted to (highly variable genes), or None; kept with the model so that annotation reads cells as training did. ``cosine_scale``:
     cosine heads (``loss: gcl``). ``logit_bias``: per level, a vector added to the logits in eval mode only
     (the post-hoc logit adjustment τ′·log N_j chosen on the validation cells); training sees raw logits.
     """
