@@ -62,7 +62,10 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> flo
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The temperature minimising validation NLL: a coarse log grid, then golden-section refinement."""
+    """The temperature minimising validation NLL: a coarse log grid, then golden-section refinement; 1 when
+    every cell is right (no optimum there: sharper is always better, down to the bound)."""
+    if bool((logits.argmax(1) == targets).all()):
+        return 1.0
     lo, hi = (math.log(b) for b in T_BOUNDS)
     grid = np.linspace(lo, hi, 61)
     losses = [_nll(logits, targets, math.exp(g)) for g in grid]
@@ -144,8 +147,7 @@ def calibrate(val_logits: torch.Tensor, val_targets: np.ndarray, classes=None) -
         out["rule"] = "default (no validation cells)"
         return out
     t = torch.from_numpy(targets)
-    all_right = bool((logits.argmax(1) == t).all())
-    temperature = 1.0 if all_right else fit_temperature(logits, t)  # no optimum when every cell is right
+    temperature = fit_temperature(logits, t)
     prob = torch.softmax(logits / temperature, dim=1)
     conf, pred = prob.max(1)
     confidence, correct = conf.numpy().astype(np.float64), pred.numpy() == targets
