@@ -194,11 +194,11 @@ def _baseline(job, train, test) -> pd.DataFrame:
     return run_baseline(job["method"], adata, seed=job["seed"])
 
 
-def prepare(config: dict, tissues: list[str], cores: int) -> None:
+def prepare(config: dict, tissues: list[str], cores: int, configfile: Path = REPO / "config.yaml") -> None:
     """Token stores (tissues and corpus) and expression matrices, by the workflow (reused when present)."""
     targets = ([f"results/{t}/{f}" for t in tissues for f in ("tokens", "expr.h5ad")]
                + [f"results/{name}/tokens" for name in config.get("corpus", {})])
-    subprocess.run(["snakemake", "-c", str(cores), *targets], cwd=REPO, check=True)
+    subprocess.run(["snakemake", "-c", str(cores), *targets, "--configfile", str(configfile)], cwd=REPO, check=True)
 
 
 def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fractions=(1.0,)) -> list[dict]:
@@ -302,8 +302,10 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true",
                     help="train nothing: table the runs already finished (marked partial when some are missing)")
     ap.add_argument("--title", default="Accuracy benchmark")
+    ap.add_argument("--configfile", type=Path, default=REPO / "config.yaml",
+                    help="a whole workflow config (benchmarks/many_classes.py writes one for its tissue)")
     args = ap.parse_args()
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load(args.configfile.read_text())
     tissues = args.tissues or list(config["tissues"])
     base = dict(config["finetune"])
     variants = {} if args.no_default else {"default": base}
@@ -312,7 +314,7 @@ def main() -> None:
         variants[name] = base | json.loads(overrides)
     baselines = list(config["evaluate"]["baselines"]) if args.baselines is None else args.baselines
 
-    prepare(config, tissues, args.workers)
+    prepare(config, tissues, args.workers, args.configfile)
     jobs = plan_all = plan(config, tissues, args.seeds, variants, baselines, args.label_fractions)
     # the first fraction given, every tissue and seed, comes first: a stopped run still has whole rows
     jobs.sort(key=lambda j: (args.label_fractions.index(j["fraction"]), j["seed"]))

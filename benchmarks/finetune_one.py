@@ -7,10 +7,12 @@ Arguments: tissue, share of the training labels, seed, a pretrained model direct
 ``finetune:`` overrides as JSON. The split and the labelled cells are those of ``benchmarks/accuracy.py`` for the
 seed. Choose defaults on ``val=`` (the validation cells model selection holds out of the labelled cells) or,
 below 100% of the labels, on ``tune=`` (the training cells whose labels the run did not get: a tuning split
-that is never reported); ``test=`` is printed for the record only.
+that is never reported); ``test=`` is printed for the record only. ``CELLER_CONFIGFILE`` names another whole
+config than config.yaml (the many-class benchmark's, written by ``benchmarks/many_classes.py``).
 """
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tissue, fraction, seed, start = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load(Path(os.environ.get("CELLER_CONFIGFILE", REPO / "config.yaml")).read_text())
     store_path = REPO / f"results/{tissue}/tokens"
     store = TokenStore(store_path)
     cells = store.cells
