@@ -13,7 +13,8 @@ from celler.model.programs import ProgramView, fit_axes, profile_matrix
 from celler.train.finetune import FinetuneConfig, finetune
 
 FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3,
-        "readout": "programs", "n_programs": 8}
+        "readout": "programs", "n_programs": 12}  # more axes than FACS's 9 fine types
+K = FAST["n_programs"]
 
 
 def _scores(view, store, idx):
@@ -50,9 +51,9 @@ def test_axes_read_the_unlabelled_cells_and_stay_fixed_in_training(facs_tokens, 
     model, _, _ = finetune(facs_tokens, tmp_path / "m", FinetuneConfig(**FAST), train_cells=list(labelled),
                            unlabelled_cells=unlabelled)
     every = np.flatnonzero(cells.index.isin(train))
-    loadings, _ = fit_axes(store, every, 8)
+    loadings, _ = fit_axes(store, every, K)
     np.testing.assert_allclose(model.programs.loadings.numpy(), loadings, atol=1e-6)  # trained, yet unchanged
-    only_labelled, _ = fit_axes(store, np.flatnonzero(cells.index.isin(labelled)), 8)
+    only_labelled, _ = fit_axes(store, np.flatnonzero(cells.index.isin(labelled)), K)
     assert not np.allclose(np.abs(only_labelled), np.abs(loadings), atol=1e-3)  # the unlabelled cells counted
     assert not any(p is model.programs.loadings for p in model.parameters())  # a buffer, not a weight
 
@@ -60,13 +61,13 @@ def test_axes_read_the_unlabelled_cells_and_stay_fixed_in_training(facs_tokens, 
 def test_programs_readout_travels_with_the_model(facs_tokens, tmp_path):
     cfg = FinetuneConfig(**FAST)
     model, _, _ = finetune(facs_tokens, tmp_path / "m", cfg)
-    assert model.embedding_dim == 8 and model.profile is None
+    assert model.embedding_dim == K and model.profile is None
     store = TokenStore(facs_tokens)
     test = np.flatnonzero(store.cells["split"].eq("test"))
     pred, emb = predictions_table(model, store, test, cfg)
-    assert emb.shape == (len(test), 8)
+    assert emb.shape == (len(test), K)
     loaded, _ = load_classifier(tmp_path / "m")
-    assert loaded.readout == "programs" and loaded.programs.width == 8
+    assert loaded.readout == "programs" and loaded.programs.width == K
     torch.testing.assert_close(loaded.programs.loadings, model.programs.loadings)
     again, _ = predictions_table(loaded, store, test, cfg)
     pd.testing.assert_series_equal(pred.predicted, again.predicted)
@@ -75,7 +76,7 @@ def test_programs_readout_travels_with_the_model(facs_tokens, tmp_path):
 def test_programs_join_the_profile_view(facs_tokens, tmp_path):
     cfg = FinetuneConfig(**{**FAST, "epochs": 1, "readout": "programs+profile"})
     model, _, _ = finetune(facs_tokens, tmp_path / "m", cfg)
-    assert model.embedding_dim == 8 + model.encoder.config.d_model
+    assert model.embedding_dim == K + model.encoder.config.d_model
     assert model.profile is not None and model.programs is not None
 
 
@@ -107,6 +108,19 @@ def test_transductive_stage_fits_the_axes_on_the_test_cells_too(facs_tokens, tmp
                    metrics_out=outs["metrics.tsv"], per_class_out=outs["per_class.tsv"], transductive=True)
     model, _ = load_classifier(outs["model"])
     every = np.flatnonzero(store.cells["split"].isin(["train", "test"]))
-    np.testing.assert_allclose(model.programs.loadings.numpy(), fit_axes(store, every, 8)[0], atol=1e-6)
-    train_only, _ = fit_axes(store, np.flatnonzero(store.cells["split"].eq("train")), 8)
+    np.testing.assert_allclose(model.programs.loadings.numpy(), fit_axes(store, every, K)[0], atol=1e-6)
+    train_only, _ = fit_axes(store, np.flatnonzero(store.cells["split"].eq("train")), K)
     assert not np.allclose(np.abs(train_only), np.abs(model.programs.loadings.numpy()), atol=1e-3)
+
+
+def test_a_tissue_with_more_types_than_programs_gets_an_axis_per_type(facs_tokens, tmp_path):
+    """n_programs is a floor: FACS's 9 fine types with n_programs 4 read 9 axes, the first 4 those of 4."""
+    store = TokenStore(facs_tokens)
+    cells = store.cells
+    train = cells.index[cells["split"].eq("train")]
+    n_types = cells.loc[train, "label"].nunique()
+    model, _, _ = finetune(facs_tokens, tmp_path / "m", FinetuneConfig(**(FAST | {"n_programs": 4, "epochs": 1})))
+    assert n_types == 9 and model.programs.width == n_types
+    every = np.flatnonzero(cells.index.isin(train))
+    four, _ = fit_axes(store, every, 4)
+    np.testing.assert_allclose(np.abs(model.programs.loadings.numpy()[:, :4]), np.abs(four), atol=1e-4)

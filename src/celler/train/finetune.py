@@ -61,7 +61,7 @@ class FinetuneConfig:
     n_hvg: int = 2000  # gene_selection 'hvg': how many highly variable genes of the training cells
     readout: str = "profile"  # what the heads read: cls, mean, profile (every expressed gene), programs (the
     #                           tissue's principal axes, fitted without labels and frozen), joined by '+'
-    n_programs: int = 16  # readout 'programs': how many principal axes
+    n_programs: int = 16  # readout 'programs': at least this many principal axes, and one per finest class
     view_dropout: float = 0.5  # several views: share of training cells seen through the last flat view alone
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate (heads and the profile view)
@@ -285,6 +285,8 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
         raise CellerError(msg)
     axes = None
     if "programs" in cfg.readout.split("+"):
+        # a tissue with dozens of fine types gets an axis per type (benchmarks/RESULTS.md, 'Many-class benchmark')
+        cfg = replace(cfg, n_programs=max(cfg.n_programs, len(levels["subclass"])))
         unlabelled = np.flatnonzero(cells.index.isin(pd.Index([] if unlabelled_cells is None else unlabelled_cells)))
         axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed)
 
