@@ -1,14 +1,17 @@
-"""The many-class benchmark's tissue (benchmarks/many_classes.py): dozens of fine types nested in Kang's four."""
+"""Tools of the benchmarks: the many-class benchmark's tissue (dozens of fine types nested in Kang's four) and
+the gene-neighbour score that says what pretraining put into the gene vectors."""
 
 import sys
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 many_classes = pytest.importorskip("many_classes")
+gene_neighbours = pytest.importorskip("gene_neighbours")
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +41,25 @@ def test_fine_types_are_not_donors(kang, labels):
     top_share = donors.groupby(labels).agg(lambda d: d.value_counts(normalize=True).iloc[0])
     # five donors: no fine type is mostly one donor's (measured: at most 0.57 here; 0.71 without the centring)
     assert top_share.max() < 2 / 3
+
+
+def test_neighbour_score_is_one_for_typed_clusters_and_chance_for_noise():
+    rng = np.random.default_rng(0)
+    types = np.repeat(np.array(["a", "b", "c"]), 10)
+    centres = rng.normal(size=(3, 16)) * 5
+    clustered = centres[np.repeat(np.arange(3), 10)] + rng.normal(size=(30, 16)) * 0.1
+    assert gene_neighbours.neighbour_scores(clustered, types, k=5) == (1.0, 1.0)
+    noise = np.mean([gene_neighbours.neighbour_scores(rng.normal(size=(30, 16)), types, k=5)[0] for _ in range(50)])
+    assert noise == pytest.approx(9 / 29, abs=0.05)  # a random other gene shares the type 9 times in 29
+
+
+def test_markers_belong_to_one_type_each():
+    import pandas as pd
+
+    from celler.data.vocab import Vocab
+
+    vocab = Vocab.load(REPO / "resources/vocab.json")
+    found = gene_neighbours.markers(pd.Series(0, index=pd.Index(vocab.tokens)))
+    assert found["MS4A1"] == "B cell" and found["GNLY"] == "Natural killer cell" and found["TCF7"] == "T cell"
+    assert "PTPRC" not in found and "CD3E" not in found  # listed for several types (CD3E: T and NK)
+    assert set(found.values()) <= set(gene_neighbours.TYPES)
