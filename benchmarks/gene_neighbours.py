@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 TYPES = ["B cell", "CD14+ monocyte", "Natural killer cell", "T cell", "Platelet", "Dendritic cell"]
 
 
-def markers(vocab) -> dict[str, str]:
-    """gene -> type: CellMarker blood genes listed at least twice for exactly one of TYPES (in the vocabulary)."""
+def markers(known: pd.Index) -> dict[str, str]:
+    """gene -> type: CellMarker blood genes listed at least twice for exactly one of TYPES (among ``known``)."""
     table = pd.read_csv(REPO / "resources/markers/CellMarker2_Human_Aug.csv")
     table = table[(table["Tissue"] == "Blood") & table["CT"].isin(TYPES)]
     counts = {t: collections.Counter(g.strip() for row in rows for g in str(row).split(","))
@@ -40,7 +40,7 @@ def markers(vocab) -> dict[str, str]:
         for g in c:
             owners[g].add(t)
     return {g: t for t, c in counts.items() for g, n in c.items()
-            if n >= 2 and owners[g] == {t} and g in vocab.index}
+            if n >= 2 and owners[g] == {t} and g in known}
 
 
 def neighbour_scores(vectors: np.ndarray, types: np.ndarray, k: int) -> tuple[float, float]:
@@ -70,7 +70,7 @@ def main() -> None:
     stores = [TokenStore(REPO / f"results/{name}/tokens") for name in config["corpus"]]
     x = sp.vstack([profile_matrix(s, np.arange(len(s.cells)))[:, : len(vocab)] for s in stores]).tocsr()
     expressed = np.asarray((x != 0).mean(0)).ravel() >= 0.01
-    gene_type = {g: t for g, t in markers(pd.Series(0, index=index)).items() if expressed[index.get_loc(g)]}
+    gene_type = {g: t for g, t in markers(index).items() if expressed[index.get_loc(g)]}
     genes = np.array(sorted(gene_type))
     ids = index.get_indexer(genes)
     types = np.array([gene_type[g] for g in genes])
