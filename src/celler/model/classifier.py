@@ -56,8 +56,8 @@ class CellClassifier(nn.Module):
     (mean over the gene positions), ``profile`` (:class:`ProfileEncoder` over every expressed gene),
     ``programs`` (:class:`ProgramView`: the cell on the tissue's ``n_programs`` principal axes, fitted before
     fine-tuning and frozen), or several joined by '+' (concatenated). ``genes``: the token ids a cell is
-    restricted to (highly variable genes), or None; kept with the model so that annotation reads cells as training did. ``cosine_scale``:
-    cosine heads (``loss: gcl``). ``logit_bias``: per level, a vector added to the logits in eval mode only
+    restricted to (highly variable genes), or None; kept with the model so that annotation reads cells as
+    training did. ``cosine_scale``: cosine heads (``loss: gcl``). ``logit_bias``: per level, a vector added to the logits in eval mode only
     (the post-hoc logit adjustment τ′·log N_j chosen on the validation cells); training sees raw logits.
     """
 
@@ -187,8 +187,7 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         tmp.mkdir(parents=True)
         torch.save({"format_version": CLASSIFIER_FORMAT_VERSION, "celler_version": __version__,
                     "model_config": asdict(model.encoder.config), "levels": model.levels,
-                    "readout": model.readout, "n_programs": model.programs.width if model.programs else None,
-                    "selected_genes": None if model.selected_genes is None
+                    "readout": model.readout, "selected_genes": None if model.selected_genes is None
                     else model.selected_genes.tolist(), "cosine_scale": model.cosine_scale,
                     "logit_bias": {k: v.tolist() for k, v in model.logit_bias.items()},
                     "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp / "model.pt")
@@ -233,9 +232,11 @@ def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, 
                f"{CLASSIFIER_FORMAT_VERSION}); re-train the model or install celler {blob.get('celler_version')}")
         raise CellerError(msg)
     try:
+        axes = blob["state_dict"].get("programs.loadings")  # the program view's width is its axes'
         model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"],
                                readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"),
-                               cosine_scale=blob.get("cosine_scale"), n_programs=blob.get("n_programs") or 16)
+                               cosine_scale=blob.get("cosine_scale"),
+                               **({} if axes is None else {"n_programs": axes.shape[1]}))
         model.load_state_dict(blob["state_dict"])
         model.logit_bias = {k: torch.tensor(v, dtype=torch.float32) for k, v in
                             (blob.get("logit_bias") or {}).items()}

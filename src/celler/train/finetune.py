@@ -30,6 +30,7 @@ from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.model import Encoder, configure_optimizers, preset
 from celler.model.classifier import (
+    FLAT_VIEWS,
     LEVEL_COLUMN,
     LEVELS,
     CellClassifier,
@@ -279,7 +280,7 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
              {k: len(v) for k, v in levels.items()})
 
     genes = highly_variable_tokens(store, all_train, cfg.n_hvg) if cfg.gene_selection == "hvg" else None
-    if cfg.freeze_encoder and ("profile" in cfg.readout or "programs" in cfg.readout):
+    if cfg.freeze_encoder and any(p in FLAT_VIEWS for p in cfg.readout.split("+")):
         msg = (f"freeze_encoder caches each cell's embedding once, so the readout cannot read a flat view "
                f"(readout {cfg.readout!r}); use readout cls, mean or cls+mean, or freeze_encoder: false")
         raise CellerError(msg)
@@ -287,7 +288,7 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     if "programs" in cfg.readout.split("+"):
         # a tissue with dozens of fine types gets an axis per type (benchmarks/RESULTS.md, 'Many-class benchmark')
         cfg = replace(cfg, n_programs=max(cfg.n_programs, len(levels["subclass"])))
-        unlabelled = np.flatnonzero(cells.index.isin(pd.Index([] if unlabelled_cells is None else unlabelled_cells)))
+        unlabelled = np.flatnonzero(cells.index.isin([] if unlabelled_cells is None else unlabelled_cells))
         axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed)
 
     best_overall, rows, candidates = None, [], []
