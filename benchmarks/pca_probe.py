@@ -31,7 +31,7 @@ def main() -> None:
 
     from celler.data.longtail import label_fraction
     from celler.data.tokens import TokenStore
-    from celler.model.programs import profile_matrix
+    from celler.model.programs import MIN_CELLS, profile_matrix
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tissues", nargs="+", default=["pbmc_facs", "cbmc", "pbmc68k"])
@@ -51,7 +51,7 @@ def main() -> None:
             lab = names.isin(labelled)
             y = cells["label"].astype(str).to_numpy()[idx]
             x = profile_matrix(store, idx)
-            x = x[:, np.asarray((x != 0).sum(0)).ravel() >= 3].toarray()
+            x = x[:, np.asarray((x != 0).sum(0)).ravel() >= MIN_CELLS].toarray()  # the program view's genes
 
             def score(z):
                 clf = LogisticRegression(max_iter=3000, class_weight="balanced").fit(z[lab], y[lab])
