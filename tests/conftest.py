@@ -141,7 +141,8 @@ def facs_tokens(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pancreas_model(pancreas_tokens, tmp_path_factory):
     """A tiny model fine-tuned on pancreas Wang with its ductal cells held out (about 30 s on 2 cores), shared
-    by the annotation tests (test_annotate.py's floors were measured with these settings)."""
+    by the annotation tests (test_annotate.py's and test_novelty.py's floors were measured with these
+    settings); it reads cells as the shipped default does (config.yaml's readout and view_dropout)."""
     import torch
 
     from celler.data.tokens import TokenStore
@@ -149,7 +150,7 @@ def pancreas_model(pancreas_tokens, tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = FinetuneConfig(init="scratch", loss="ginf+hdm", epochs=20, patience=20, max_len=128, batch_size=32,
-                         lr=3e-3, seed=0)
+                         lr=3e-3, seed=0, readout="programs+profile", view_dropout=0.25)
     cells = TokenStore(pancreas_tokens).cells
     train_cells = cells.index[cells["split"].eq("train") & cells["label"].ne("ductal")].tolist()
     out = tmp_path_factory.mktemp("annotate") / "model"

@@ -325,6 +325,22 @@ def test_confidence_by_class_shows_the_unassigned_share(tmp_path):
     assert f"{mask.mean():.0%} of the test cells" in ax.get_title(loc="left")
 
 
+def test_novelty_by_type_draws_the_cut_and_each_types_share_above_it(tmp_path):
+    rng = np.random.default_rng(5)
+    pred = pd.DataFrame({"true": np.repeat(["alpha", "delta", "ductal"], [60, 8, 30]),
+                         "novelty": np.r_[rng.gamma(4, 4, 60), rng.gamma(4, 5, 8), rng.gamma(9, 20, 30)]})
+    cut = 40.0
+    fig = plots.novelty_by_type(pred, cut=cut, order=["delta", "alpha"])
+    _saved(fig, tmp_path, "novelty")
+    ax = fig.axes[0]
+    assert _labels(ax, "y") == ["delta", "alpha", "ductal"]  # the model's order, then a type it never saw
+    assert any(np.allclose(line.get_xdata(), cut) for line in ax.get_lines())
+    texts = {t.get_text() for t in ax.texts}
+    for t, n in (("alpha", 60), ("delta", 8), ("ductal", 30)):
+        assert f"{(pred.loc[pred['true'] == t, 'novelty'] > cut).mean():.0%} of {n}" in texts
+    assert plots.novelty_by_type(pred.drop(columns="novelty"), cut=cut).axes[0].texts  # the empty figure's note
+
+
 def test_umap_embedding_shared_legend_and_misclassified_panel(tmp_path):
     rng = np.random.default_rng(2)
     true = np.array(["b", "a", "c"] * 20)

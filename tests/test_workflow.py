@@ -120,7 +120,8 @@ def test_finetune_and_evaluation_outputs(tokenized):
     assert (wd / "results/pretrain/model/model.pt").exists()
     for tissue in ("pancreas", "pbmc68k"):
         pred = pd.read_csv(wd / f"results/{tissue}/celler/predictions.tsv", sep="\t")
-        assert set(pred.columns) == {"cell", "split", "level", "true", "predicted", "confidence", "unassigned"}
+        assert set(pred.columns) == {"cell", "split", "level", "true", "predicted", "confidence", "low_confidence",
+                                     "novelty", "unassigned"}
         assert set(pred.split) == {"test"}
         metrics = pd.read_csv(wd / f"results/{tissue}/evaluation/metrics.tsv", sep="\t")
         assert set(metrics.method) == {"celler", "logreg", "logreg_balanced", "knn"}

@@ -76,7 +76,8 @@ def _add_annotate_parser(sub) -> None:
     p.add_argument("--out", required=True, help="annotated copy of the query (.h5ad)")
     p.add_argument("--csv", default=None, help="per-cell predictions CSV (default: --out with .csv)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="confidence below which a cell is Unassigned (default: the model's calibrated one)")
+                   help="confidence below which a call is flagged low_confidence, keeping its label (default: "
+                   "the model's calibrated per-class thresholds); Unassigned is for novel cells (novelty.npz)")
     p.add_argument("--batch-key", default=None,
                    help="obs column with the query's batches (bin edges per batch)")
     p.add_argument("--majority-voting", action="store_true", help="add cluster-level majority voting")

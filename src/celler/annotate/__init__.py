@@ -25,14 +25,15 @@ directory (nothing else from the workflow is needed):
 4. **Prediction.** Cells are run through the classifier in batches of similar length (``batch_size="auto"``
    fits the free memory of the device; a CUDA out-of-memory halves it and retries), with a progress bar,
    on CPU or GPU; at most the training ``max_len`` tokens per cell, as in training.
-5. **Confidence.** ``softmax(logits / T)`` with the temperature ``T`` from ``calibration.json`` (per label
-   level, written at the end of fine-tuning, see :mod:`celler.model.calibration`); cells whose top probability
-   is below the threshold of its predicted class are ``Unassigned`` (per-class thresholds, so a rare class
-   called with less confidence keeps its right calls; see :mod:`celler.model.calibration`), and so is a cell
-   with none of the model's genes. ``threshold=`` replaces them all by one cut (0 assigns every cell that
-   has any of the model's genes).
-   Without a ``calibration.json`` the default is ``T = 1`` and threshold
-   :data:`celler.model.calibration.DEFAULT_THRESHOLD` (0.5).
+5. **Confidence, novelty and Unassigned.** Two questions, two numbers. *Which known type?*
+   ``softmax(logits / T)`` with the temperature ``T`` from ``calibration.json`` (per label level, see
+   :mod:`celler.model.calibration`); a call below its class's confidence threshold keeps its label and is
+   flagged ``low_confidence`` (``threshold=`` replaces the per-class thresholds by one cut). *A known type at
+   all?* ``novelty``: the squared Mahalanobis distance to the nearest training type in the tissue's
+   principal-axis space (:mod:`celler.model.novelty`, ``novelty.npz``); a cell above the model's cut is
+   ``Unassigned`` at every level, whatever its confidence, and so is a cell with none of the model's genes.
+   A rare type keeps its cells: its few training cells make it less confident, not further away. A model
+   without ``novelty.npz`` (trained before it) falls back to its confidence thresholds, with a warning.
 6. **Majority voting** (optional, as CellTypist): the cells are over-clustered (Leiden on a neighbour graph
    of the Celler embeddings) and each cluster gets its most frequent label; a cluster whose top label
    covers less than ``min_prop`` of its cells is ``Heterogeneous``.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def annotate(
     """Predict the cell type of every cell of a query (``.h5ad`` path or AnnData) with a fine-tuned model.
 
     ``batch_key``: obs column of the query's batches (bin edges per batch, see the module docstring);
-    ``threshold``: confidence below which a cell is ``Unassigned`` (default: the calibrated one);
+    ``threshold``: confidence below which a call is flagged ``low_confidence`` (default: the calibrated
+    per-class thresholds); a cell is ``Unassigned`` when its ``novelty`` passes the model's cut (unlike every
+    training type), whatever its confidence;
     ``majority_voting``: add cluster-level voting (``over_clustering``: an obs column name or per-cell array
     of clusters instead of the Leiden over-clustering; ``min_prop``: top-label share below which a cluster is
     ``Heterogeneous``); ``top_k``: probabilities of the k most likely types per cell;
@@ -69,7 +72,9 @@ def annotate(
                    "(e.g. sc.read_10x_mtx(...).write_h5ad(...))")
             raise CellerError(msg)
     dev = _device(device)
+    clock = time.perf_counter()
     model = load_model(model_dir, device=str(dev))
+    clock = _stage("load the model", clock)
     log.info("%r", model)
     with tempfile.TemporaryDirectory(prefix="celler-annotate-") as tmp:
         path, obs = query_file(adata_or_path, Path(tmp), matrix=matrix, batch_key=batch_key,
@@ -79,11 +84,17 @@ def annotate(
         store, coverage = tokenize_query(path, model, Path(tmp) / "tokens", batch_key=batch_key,
                                          matrix=matrix, gene_symbols=gene_symbols, min_overlap=min_overlap,
                                          chunk_size=chunk_size)
+        clock = _stage("read, map genes and tokenise the query", clock)
         logits, emb = predict(model, store, batch_size=batch_size, device=dev, progress=progress)
+        clock = _stage("predict", clock)
+        index = model.classifier.novelty
+        novelty = None if index is None else index.score(emb)
+        clock = _stage("novelty", clock)
         n_genes = store.lengths.copy()
         batches = store.cells["batch"].astype(str).to_numpy()
         cells = store.cells.index.astype(str)
-    result = _assemble(model, cells, logits, emb, n_genes, threshold=threshold, top_k=top_k)
+    result = _assemble(model, cells, logits, emb, n_genes, novelty, threshold=threshold, top_k=top_k)
+    _stage("assemble the result", clock)
     result.info.update({"coverage": coverage, "batch_key": batch_key or "",
                         "n_batches": int(len(np.unique(batches))), "query": str(path) if isinstance(
                             adata_or_path, str | Path) else "AnnData"})
@@ -102,6 +113,13 @@ def annotate(
     log.info("annotated %d cells: %.1f%% %s; %s", len(cells), 100 * frac, UNASSIGNED,
              result.summary_frequency().head(8).to_dict("records"))
     return result
+
+
+def _stage(what: str, since: float) -> float:
+    """Log how long a stage of annotation took (benchmarks/annotate_vs_celltypist.py reads these lines)."""
+    now = time.perf_counter()
+    log.info("stage %s: %.1f s", what, now - since)
+    return now
 
 
 def _device(name: str) -> torch.device:
@@ -193,13 +211,20 @@ def predict(model: TrainedModel, store, *, batch_size="auto", device=None, progr
     return out, emb
 
 
-def _assemble(model: TrainedModel, cells, logits, emb, n_genes, *, threshold, top_k) -> AnnotationResult:
-    """Calibrated probabilities -> labels, confidence, Unassigned, top-k, parent level."""
+def _assemble(model: TrainedModel, cells, logits, emb, n_genes, novelty, *, threshold, top_k) -> AnnotationResult:
+    """Calibrated probabilities -> labels, confidence, low-confidence flag, novelty and Unassigned, top-k,
+    parent level. A cell is ``Unassigned`` at every level when it is novel (or has none of the model's genes);
+    a model without a novelty index falls back to its confidence thresholds (the rule before novelty)."""
     levels = model.classifier.levels
     table = pd.DataFrame(index=pd.Index(cells, name="cell"))
     info = {"model": str(model.path), "celler_version": __version__,
             "binning": model.token_meta.get("binning"), "n_bins": int(model.token_meta.get("n_bins", 0))}
     no_genes = np.asarray(n_genes) == 0
+    index = model.classifier.novelty
+    if index is None:
+        log.warning("%s has no %s (trained before novelty scores): Unassigned falls back to low confidence",
+                    model.path, "novelty.npz")
+    novel = (index.novel(novelty) if index is not None else None)
     probs = {}
     for level in levels:
         cal = model.level_calibration(level)
@@ -211,10 +236,15 @@ def _assemble(model: TrainedModel, cells, logits, emb, n_genes, *, threshold, to
         top = np.argmax(prob, axis=1)
         conf = prob[np.arange(len(prob)), top]
         label = classes[top].copy()
-        label[unassigned(rule, label, conf) | no_genes] = UNASSIGNED
+        low = unassigned(rule, label, conf)
+        label[(low if novel is None else novel) | no_genes] = UNASSIGNED
+        prefix = "" if level == "subclass" else f"{level}_"
+        table[f"{prefix}label"] = label
+        table[f"{prefix}confidence"] = conf.astype(np.float32)
+        table[f"{prefix}low_confidence"] = low
         if level == "subclass":
-            table["label"] = label
-            table["confidence"] = conf.astype(np.float32)
+            if novelty is not None:
+                table["novelty"] = novelty.astype(np.float32)
             k = min(top_k, prob.shape[1])
             rank = np.argsort(-prob, axis=1, kind="stable")[:, :k]
             for j in range(k):
@@ -223,10 +253,10 @@ def _assemble(model: TrainedModel, cells, logits, emb, n_genes, *, threshold, to
             info.update({"threshold": t, "temperature": cal["temperature"], "calibrated": cal["calibrated"],
                          "class_thresholds": rule.get("class_thresholds", {}),
                          "threshold_source": "given" if threshold is not None else (
-                             "calibration.json" if cal["calibrated"] else "default")})
+                             "calibration.json" if cal["calibrated"] else "default"),
+                         "unassigned_rule": "novelty" if index is not None else "low confidence",
+                         "novelty_cut": None if index is None else index.cut})
         else:
-            table[f"{level}_label"] = label
-            table[f"{level}_confidence"] = conf.astype(np.float32)
             info[f"{level}_threshold"] = t
             info[f"{level}_temperature"] = cal["temperature"]
     sub_to_parent = model.labels.get("subclass_to_parent") or {}

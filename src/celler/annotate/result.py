@@ -26,8 +26,10 @@ class AnnotationResult:
     def __repr__(self) -> str:
         n = len(self.predictions)
         un = float((self.predictions["label"] == UNASSIGNED).mean()) if n else 0.0
-        return (f"AnnotationResult: {n} cells, {len(self.classes)} types, {un:.1%} {UNASSIGNED} (threshold "
-                f"{self.info.get('threshold', float('nan')):.3g}); top labels: "
+        cut = self.info.get("novelty_cut")
+        return (f"AnnotationResult: {n} cells, {len(self.classes)} types, {un:.1%} {UNASSIGNED} ("
+                + (f"novelty cut {cut:.3g}" if cut is not None else
+                   f"threshold {self.info.get('threshold', float('nan')):.3g}") + "); top labels: "
                 + ", ".join(f"{k} {v}" for k, v in self.predictions["label"].value_counts().head(4).items()))
 
     def summary_frequency(self, by: str = "label") -> pd.DataFrame:
@@ -53,7 +55,8 @@ class AnnotationResult:
     def to_adata(self, adata, *, prefix: str = "celler_"):
         """Write the predictions into ``adata`` (matched by cell name) and return it.
 
-        ``obs``: ``{prefix}label``, ``confidence``, ``parent_label`` (two-level models), ``top{k}_label`` /
+        ``obs``: ``{prefix}label``, ``confidence``, ``low_confidence``, ``novelty``, ``parent_label`` (two-level
+        models), ``top{k}_label`` /
         ``top{k}_prob``, ``n_genes`` (model genes detected), ``majority_voting`` / ``over_clustering`` when
         voted; ``obsm``: ``X_celler`` (embeddings), ``celler_proba`` (probabilities, columns =
         ``uns["celler"]["classes"]``); ``uns["celler"]``: model, threshold, temperature, coverage, ...

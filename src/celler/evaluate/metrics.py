@@ -153,9 +153,13 @@ def evaluate(
 
 def scalar_row(result: dict) -> dict:
     """The scalar part of an :func:`evaluate` result (one row of a runs table)."""
+    after = result.get("after_unassigned") or {}
     return {m: result[m] for m in SCALAR_METRICS} | {
         "n_closed": result["n_closed"],
         "n_open": result["n_open"],
+        # what a user receives: the share of known-type cells left Unassigned, rare recall counting them wrong
+        "unassigned_share": after.get("unassigned_share", np.nan),
+        "rare_recall_after_unassigned": after.get("rare_recall", np.nan),
     }
 
 

@@ -11,7 +11,8 @@ Model directory (self-describing, written by :func:`save_classifier`, read by :f
                    format, version
     config.json    the FinetuneConfig, where the encoder came from, the chosen loss settings
     labels.json    per level: classes (id order) and training counts; subclass -> parent map
-    calibration.json  per level: temperature and Unassigned threshold fitted on the validation cells
+    calibration.json  per level: temperature and low-confidence thresholds fitted on the validation cells
+    novelty.npz    the novelty score's index: training cells' readout vectors and types, per-type scales, cut
     vocab.json     the vocabulary (extended datasets carry their extra genes)
     genes.json     the genes the model was trained on (annotation maps a query onto these)
     bin_edges.json the per-batch bin edges of the training data
@@ -37,10 +38,12 @@ from torch.utils.data import DataLoader
 from celler import __version__
 from celler.errors import CellerError
 from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder
+from celler.model.novelty import NoveltyIndex
 from celler.model.programs import ProgramView, profile_matrix
 from celler.model.batching import CellDataset, LengthBucketSampler, collate
 
 CLASSIFIER_FORMAT_VERSION = 1
+NOVELTY_FILE = "novelty.npz"
 LEVELS = ("subclass", "parent")  # store.cells columns: 'label' and 'parent'
 LEVEL_COLUMN = {"subclass": "label", "parent": "parent"}
 
@@ -82,6 +85,7 @@ class CellClassifier(nn.Module):
                                     for k, v in levels.items()})
         self.logit_bias: dict[str, torch.Tensor] = {}  # level -> (C,), applied in eval mode
         self.calibration: dict = {}  # level -> calibration.json entry (temperature, thresholds), once fitted
+        self.novelty: NoveltyIndex | None = None  # the novelty score's index (celler.model.novelty), once fitted
         self.view_dropout = 0.0  # training only: share of cells seen through the last flat view alone (finetune)
 
     def embed(self, genes, values, padding_mask=None, profile=None):
@@ -208,6 +212,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         pd.DataFrame(log_rows).to_csv(tmp / "train_log.csv", index=False)
         if calibration:
             (tmp / "calibration.json").write_text(json.dumps(calibration, indent=1))
+        if model.novelty is not None:
+            model.novelty.save(tmp / NOVELTY_FILE)
 
 
 def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, dict]:
@@ -250,20 +256,25 @@ def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, 
         raise CellerError(msg) from e
     if (d / "calibration.json").exists():
         model.calibration = read_json(d / "calibration.json")
+    if (d / NOVELTY_FILE).exists():
+        model.novelty = NoveltyIndex.load(d / NOVELTY_FILE)
     return model.to(device).eval(), read_json(d / "labels.json")
 
 
 def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.DataFrame, np.ndarray]:
     """The common predictions layout (cell, split, level, true, predicted, confidence) and the embeddings.
 
-    With a fitted calibration, ``confidence`` is the calibrated one (softmax of logits / T) and ``unassigned``
-    says whether ``celler annotate`` would leave the cell ``Unassigned`` (the stored per-class thresholds);
-    ``predicted`` is always the class itself, so evaluation scores the classifier and, separately, the rule.
+    With a fitted calibration, ``confidence`` is the calibrated one (softmax of logits / T) and
+    ``low_confidence`` flags a call below its class's confidence threshold (it keeps its label). With a
+    novelty index, ``novelty`` is the cell's score and ``unassigned`` says whether ``celler annotate`` leaves
+    it ``Unassigned`` (novelty above the cut: unlike every training type). ``predicted`` is always the class
+    itself, so evaluation scores the classifier and, separately, the rule.
     """
     from celler.model.calibration import unassigned
 
     logits, emb = predict_logits(model, store, indices, cfg)
     cells = store.cells.iloc[indices]
+    novelty = None if model.novelty is None else model.novelty.score(emb)
     frames = []
     for level, z in logits.items():
         cal = model.calibration.get(level)
@@ -276,7 +287,10 @@ def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.Da
             "confidence": conf.numpy(),
         })
         if cal:
-            frame["unassigned"] = unassigned(cal, frame["predicted"].to_numpy(), frame["confidence"].to_numpy())
+            frame["low_confidence"] = unassigned(cal, frame["predicted"].to_numpy(), frame["confidence"].to_numpy())
+        if novelty is not None:
+            frame["novelty"] = novelty
+            frame["unassigned"] = model.novelty.novel(novelty)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True), emb
 

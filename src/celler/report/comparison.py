@@ -16,6 +16,8 @@ from celler.evaluate.metrics import summarise
 
 #: The two headline metrics.
 HEADLINE = {"macro_f1": "macro-F1", "rare_recall": "rare recall"}
+#: Celler's own figures shown beside the comparison: what the ``Unassigned`` rule leaves the user.
+RECEIVED = {"rare_recall_after_unassigned": "rare recall after Unassigned", "unassigned_share": "Unassigned"}
 #: Differences smaller than this are called level (seed-to-seed spread on these sets is 0.002-0.05).
 TIE = 0.01
 
@@ -28,7 +30,7 @@ def compare(metrics: pd.DataFrame, levels: list[str] | None = None) -> pd.DataFr
     ``level, n_seeds`` and per metric ``m``: ``m`` (Celler), ``m_best``, ``m_baseline``, ``m_delta``; NaN
     where the metric is undefined (no rare class in the test set) or no baseline ran.
     """
-    have = [m for m in HEADLINE if m in metrics]
+    have = [m for m in (*HEADLINE, *RECEIVED) if m in metrics]
     s = summarise(metrics[["method", "seed", "level", *have]], have, seed_col="seed")
     order = levels or list(dict.fromkeys(s["level"]))
     rows = []
@@ -47,6 +49,8 @@ def compare(metrics: pd.DataFrame, levels: list[str] | None = None) -> pd.DataFr
             row[f"{m}_best"] = float(best[f"{m}_mean"]) if best is not None else np.nan
             row[f"{m}_baseline"] = str(best["method"]) if best is not None else ""
             row[f"{m}_delta"] = mean - row[f"{m}_best"]
+        for m in RECEIVED:
+            row[m] = float(celler[f"{m}_mean"].iloc[0]) if m in have else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -116,6 +120,8 @@ def comparison_table(rows: pd.DataFrame, *, lead: list[tuple[str, list[str]]] = 
         head += (
             f'<th>Celler {name}</th><th>best baseline</th><th class="txt">which</th><th>Celler − best</th>'
         )
+        if name == HEADLINE["rare_recall"]:
+            head += "".join(f"<th>Celler {label}</th>" for label in RECEIVED.values())
     body = []
     for i, (_, r) in enumerate(rows.iterrows()):
         cells = "".join(col[i] for _, col in lead) + f'<td class="txt">{html.escape(str(r["level"]))}</td>'
@@ -124,6 +130,8 @@ def comparison_table(rows: pd.DataFrame, *, lead: list[tuple[str, list[str]]] = 
                 f'<td class="celler">{_num(r[m])}</td><td>{_num(r[f"{m}_best"])}</td>'
                 f'<td class="txt">{html.escape(r[f"{m}_baseline"] or "–")}</td>{delta_cell(r[f"{m}_delta"])}'
             )
+            if m == "rare_recall":
+                cells += "".join(f'<td class="celler">{_num(r.get(k))}</td>' for k in RECEIVED)
         body.append(f"<tr>{cells}</tr>")
     return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

@@ -22,7 +22,8 @@ FIGURES = {
     "training_curves": "Training curves",
     "f1_vs_size": "Per-class F1 vs class size",
     "confusion": "Confusion matrix",
-    "confidence": "Confidence and Unassigned cells",
+    "confidence": "Confidence and low-confidence calls",
+    "novelty": "Novelty and Unassigned cells",
     "umap": "UMAP of the Celler embeddings",
     "dotplot_true": "Marker genes by true label",
     "dotplot_predicted": "Marker genes by predicted label",
@@ -89,6 +90,7 @@ def tissue_figures(
         "confusion": plots.confusion_figure({lv: r["confusion"] for lv, r in results.items()}),
     }
     figs["confidence"], unassigned = _confidence(inp)
+    figs["novelty"] = plots.novelty_by_type(inp.predictions_at(), cut=inp.novelty_cut, order=inp.order())
     figs["umap"] = _umap(inp)
     dots, panel, notes = _marker_figures(inp, known)
     facts = {
@@ -124,22 +126,27 @@ def pretrain_spikes(log: pd.DataFrame | None) -> dict | None:
 
 
 def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
-    """The confidence figure and the Unassigned share at the stored threshold(s) (celler.model.calibration)."""
+    """The confidence figure (the low-confidence flag at the stored thresholds, celler.model.calibration) and
+    the facts of the Unassigned rule (novelty above the model's cut, celler.model.novelty)."""
     from celler.model.calibration import DEFAULT_THRESHOLD, unassigned
 
     pred = inp.predictions_at()
     cal = (inp.calibration or {}).get(inp.level)
-    # predictions.tsv carries the calibrated confidence and the stored rule's call (celler.model.classifier)
-    mask = (pred["unassigned"].astype(bool).to_numpy() if "unassigned" in pred
-            else unassigned(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy()))
+    # predictions.tsv carries the calibrated confidence, the flag and the Unassigned call (celler.model.classifier)
+    low = (pred["low_confidence"].astype(bool).to_numpy() if "low_confidence" in pred
+           else unassigned(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy()))
+    mask = pred["unassigned"].astype(bool).to_numpy() if "unassigned" in pred else low
     default = float((cal or {}).get("threshold", DEFAULT_THRESHOLD))
     per_class = (cal or {}).get("class_thresholds") or {}  # the lookup celler.model.calibration.unassigned makes
     cuts = pred["predicted"].astype(str).map(lambda c: float(per_class.get(c, default))).to_numpy()
     right = (pred["true"].astype(str) == pred["predicted"].astype(str)).to_numpy()
-    fig = plots.confidence_by_class(pred, unassigned=mask, thresholds=cuts, order=inp.order())
+    fig = plots.confidence_by_class(pred, unassigned=low, thresholds=cuts, order=inp.order())
     facts = {
         "share": float(mask.mean()) if len(mask) else float("nan"),
         "n": int(mask.sum()),
+        "low_share": float(low.mean()) if len(low) else float("nan"),
+        "novelty": "unassigned" in pred and "novelty" in pred,
+        "cut": inp.novelty_cut,
         "threshold": default,
         "per_class": bool(per_class),
         "calibrated": cal is not None,
@@ -147,7 +154,6 @@ def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
         "right_lost": float(mask[right].mean()) if right.any() else float("nan"),
     }
     return fig, facts
-
 
 def _umap(inp: TissueInputs) -> Figure:
     by_cell = inp.predictions_at().set_index("cell")

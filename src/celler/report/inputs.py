@@ -69,6 +69,7 @@ class TissueInputs:
     labels: dict
     model_config: dict | None
     calibration: dict | None
+    novelty_cut: float  # the model's novelty cut (novelty.npz; NaN for a model trained before novelty scores)
     finetune_log: pd.DataFrame
     pretrain_log: pd.DataFrame | None
     pretrain_config: dict | None
@@ -131,6 +132,7 @@ def load_tissue(
         labels=json.loads(need(d / "model" / "labels.json").read_text()),
         model_config=_json(d / "model" / "config.json"),
         calibration=_json(d / "model" / "calibration.json"),
+        novelty_cut=_novelty_cut(d / "model" / "novelty.npz"),
         finetune_log=pd.read_csv(need(d / "model" / "train_log.csv")),
         pretrain_log=pd.read_csv(pre_log) if pre_log and pre_log.exists() else None,
         pretrain_config=_json(pre_log.parent / "config.json") if pre_log else None,
@@ -144,3 +146,10 @@ def load_tissue(
         eval_metrics=eval_metrics,
         eval_per_class=eval_per_class,
     )
+
+
+def _novelty_cut(path: Path) -> float:
+    if not path.exists():
+        return float("nan")
+    with np.load(path) as z:
+        return float(z["cut"])

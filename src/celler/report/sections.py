@@ -41,8 +41,12 @@ CAPTIONS = {
     "label, and that count as a share of the row (colour; '>.99' is just below 1, '1' exactly all). The "
     "diagonal is the per-class recall.",
     "confidence": "Confidence of each test-cell call by predicted class, right and wrong calls apart; the "
-    "black bar is the stored Unassigned threshold (celler annotate labels a cell Unassigned below it); the "
-    "share on the right is the class's calls it would leave Unassigned.",
+    "black bar is the class's low-confidence threshold (celler annotate flags a call below it in "
+    "low_confidence and keeps its label); the share on the right is the class's calls it flags.",
+    "novelty": "Novelty of each test cell by its true type: the squared distance to the nearest training "
+    "type in the tissue's principal-axis space; the black line is the cut above which celler annotate "
+    "labels a cell Unassigned (set so that 2% of the validation cells pass it); the share on the right "
+    "is the type's cells above it. A type the model was trained on should sit left of the cut.",
     "umap": "UMAP of Celler's embeddings of the test cells by true and by predicted label (same colours), "
     "and the misclassified cells (black). The embedding is the fine-tuned classifier's own representation, "
     "trained to separate these labels, so it looks clean by construction: it shows where errors sit, not "
@@ -181,29 +185,29 @@ def results_section(
         f"<h3>Metrics</h3>{note(how)}{metric_table(summary)}"
         f"<h3>Per-class F1 vs class size</h3>{shown['f1_vs_size']}{per_class}"
         f"<h3>Confusion matrix</h3>{open_set}{shown['confusion']}"
-        f"<h3>Confidence and Unassigned cells</h3>{note(_unassigned_text(facts['unassigned']))}"
-        f"{shown['confidence']}"
+        f"<h3>Unassigned cells and low-confidence calls</h3>{note(_unassigned_text(facts['unassigned']))}"
+        f"{shown['novelty']}{shown['confidence']}"
         "</section>"
     )
 
 
 def _unassigned_text(u: dict) -> str:
-    rule = (
-        "per-class thresholds (calibration.json)"
-        if u["per_class"]
-        else f"the stored threshold {u['threshold']:.3f} (calibration.json)"
-        if u["calibrated"]
-        else f"the default threshold {u['threshold']:.2f} (no calibration.json)"
-    )
+    if u["novelty"]:
+        rule = (f"<code>celler annotate</code> labels a cell Unassigned when its novelty passes the model's cut "
+                f"({u['cut']:.1f}, novelty.npz): unlike every training type, whatever its confidence")
+    else:
+        rule = ("this model has no novelty index (trained before novelty scores), so Unassigned falls back to "
+                "its confidence thresholds")
     caught = (
         ""
         if pd.isna(u["wrong_caught"])
-        else f" It would catch {u['wrong_caught']:.0%} of the wrong calls and cost {u['right_lost']:.0%} of "
-        "the right ones."
+        else f" Unassigned takes {u['wrong_caught']:.0%} of the wrong calls and {u['right_lost']:.0%} of the "
+        "right ones."
     )
     return (
-        f"At {rule}, <code>celler annotate</code> would leave {u['n']:,} of these test cells "
-        f"({u['share']:.1%}) Unassigned.{caught} Confidence is the column of "
+        f"{rule}. It leaves {u['n']:,} of these test cells ({u['share']:.1%}) Unassigned.{caught} A call below "
+        f"its class's confidence threshold keeps its label and is flagged <code>low_confidence</code> "
+        f"({u['low_share']:.1%} of the test cells). Novelty, confidence and both flags are columns of "
         "<code>celler/predictions.tsv</code>."
     )
 

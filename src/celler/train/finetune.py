@@ -42,6 +42,7 @@ from celler.model.classifier import (
     save_classifier,
 )
 from celler.model.pretrained import load_profile_norm
+from celler.model.novelty import NoveltyIndex
 from celler.model.programs import fit_axes
 from celler.train.losses import build_loss
 from celler.train.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
@@ -336,6 +337,8 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
         info["posthoc"] = posthoc_adjustment(model, store, val_idx, targets, counts, cfg)
     calibration = calibrate_levels(model, store, val_idx, targets, cfg) if len(val_idx) else None
     model.calibration = calibration or {}
+    model.novelty = fit_novelty(model, store, train_idx, val_idx, targets["subclass"], cfg)
+    info["val_cells"] = cells.index[val_idx].tolist()
     save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows,
                     calibration=calibration)
     return model, levels, info
@@ -375,6 +378,17 @@ def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
         log.info("post-hoc logit adjustment, %s level: tau' = %+.2f (validation macro-F1 %.4f at 0)", level, tau,
                  next(r["val_macro_f1"] for r in grid if r["tau"] == 0))
     return record
+
+
+def fit_novelty(model, store, train_idx, val_idx, labels, cfg) -> NoveltyIndex:
+    """The novelty score's index over the training cells' readout vectors, its cut set on the validation
+    cells (celler.model.novelty)."""
+    _, emb = predict_logits(model, store, train_idx, cfg)
+    index = NoveltyIndex.fit(emb, labels[train_idx], len(model.levels["subclass"]))
+    index.set_cut(index.score(predict_logits(model, store, val_idx, cfg)[1]) if len(val_idx) else np.zeros(0))
+    log.info("novelty cut %.2f (%d training cells indexed, %d validation cells)", index.cut, len(train_idx),
+             len(val_idx))
+    return index
 
 
 def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:

@@ -165,3 +165,26 @@ def fit_predict_majority(
     p = prob.to_numpy()
     conf = np.where(col >= 0, p[np.arange(len(pred)), np.maximum(col, 0)], np.nan)
     return output(test, pred, conf)
+
+
+def fit_predict_prob_match(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    *,
+    label_key: str = "celler_label",
+    seed: int = 0,
+    p_thres: float = 0.5,
+) -> pd.DataFrame:
+    """CellTypist's own rejection: ``mode="prob match"``, a cell is ``Unassigned`` when no class's probability
+    (sigmoid of its one-vs-rest score) reaches ``p_thres``. ``predicted`` stays the best match and
+    ``unassigned`` says whether CellTypist left the cell unassigned (as Celler's tables do)."""
+    import celltypist
+
+    train, test = align_genes(train, test)
+    with _quiet():
+        model = _train(train, label_key, seed)
+        res = celltypist.annotate(_query(test), model=model, mode="prob match", p_thres=p_thres)
+    prob = res.probability_matrix
+    out = output(test, prob.idxmax(axis=1).astype(str).to_numpy(), prob.max(axis=1).to_numpy())
+    out["unassigned"] = (prob.to_numpy() < p_thres).all(axis=1)
+    return out

@@ -27,6 +27,7 @@ from celler.report.plots.results import (
     confusion_heatmap,
     f1_vs_size,
     fraction_label,
+    novelty_by_type,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "f1_vs_size",
     "fraction_label",
     "marker_dotplot",
+    "novelty_by_type",
     "palette",
     "qc_distributions",
     "qc_notes",

@@ -320,3 +320,42 @@ def confidence_by_class(
         loc="left",
     )
     return fig
+
+
+def novelty_by_type(pred: pd.DataFrame, *, cut: float, order: Sequence[str] | None = None) -> Figure:
+    """Per true type: the novelty score of each test cell (celler.model.novelty), the cut above which
+    ``celler annotate`` calls a cell ``Unassigned``, and the share of the type's cells above it. A type the
+    model was trained on should sit left of the cut; a type it never saw, right of it.
+
+    ``pred``: ``true, novelty``; ``cut``: the model's novelty cut (log scale: the score is a squared distance).
+    """
+    if pred.empty or "novelty" not in pred:
+        return empty_figure("no novelty scores (a model trained before them)")
+    import seaborn as sns
+
+    df = pred.assign(true=pred["true"].astype(str), shown=pred["novelty"].astype(float).clip(lower=1e-2))
+    present = set(df["true"])
+    order = list(order) if order is not None else []
+    types = [c for c in order if c in present] + sorted(present - set(order))
+    fs = tick_size(len(types))
+    fig = Figure(figsize=(7.4 + text_width(types, fs), 1.5 + 0.36 * len(types)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    common = {"data": df, "x": "shown", "y": "true", "order": types, "ax": ax}
+    sns.stripplot(**common, jitter=0.25, size=2.2, alpha=0.5, color=OKABE_ITO[4])
+    sns.boxplot(**common, fill=False, showfliers=False, width=0.7, color="0.25", linewidth=0.8)
+    ax.axvline(cut, color="black", lw=1.6, label="novelty cut")
+    by = df.groupby("true")
+    for i, t in enumerate(types):
+        share = float((by.get_group(t)["novelty"] > cut).mean())
+        ax.text(1.02, i, f"{share:.0%} of {len(by.get_group(t)):,}", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=fs - 1, color="black" if share < 0.5 else OKABE_ITO[5])
+    ax.text(1.02, -0.55, "Unassigned", transform=ax.get_yaxis_transform(), va="bottom", fontsize=fs - 1,
+            fontweight="bold")
+    ax.set(xlabel="novelty: squared distance to the nearest training type (log scale)", ylabel="true type")
+    ax.tick_params(axis="y", labelsize=fs)
+    ax.grid(axis="x", color="0.92")
+    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    ax.set_title(f"Novelty by true type ({float((df['novelty'] > cut).mean()):.0%} of the test cells above the "
+                 "cut)", fontsize=10.5, loc="left")
+    return fig
