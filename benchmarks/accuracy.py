@@ -175,9 +175,6 @@ def _celler(job, train, test) -> pd.DataFrame:
     store = TokenStore(job["store"])
     idx = np.flatnonzero(store.cells.index.isin(test))
     pred, _ = predictions_table(model, store, idx, cfg)
-    if "unassigned" in pred:  # the one global cut of the rule before per-class thresholds, for comparison
-        cut = pred["level"].map({k: v["threshold"] for k, v in model.calibration.items()})
-        pred["unassigned_global"] = pred["confidence"] < cut
     return pred.assign(split="test")
 
 
@@ -241,15 +238,11 @@ def score(jobs: list[dict], infos: list[dict], rare_fraction: float) -> pd.DataF
             counts = train[col].dropna().astype(str).value_counts()
             res = evaluate(pred, counts, rare_fraction=rare_fraction, level=level)
             after = res.get("after_unassigned", {})
-            glob = (evaluate(pred.drop(columns="unassigned").rename(columns={"unassigned_global": "unassigned"}),
-                             counts, rare_fraction=rare_fraction, level=level)["after_unassigned"]
-                    if "unassigned_global" in pred else {})
             rows.append({"tissue": job["tissue"], "level": level, "fraction": job.get("fraction", 1.0),
                          "method": job["method"], "seed": job["seed"],
                          "macro_f1": res["macro_f1"], "rare_recall": res["rare_recall"], "wall_s": info["wall_s"],
                          "unassigned": after.get("unassigned_share", np.nan),
-                         "rare_recall_assigned": after.get("rare_recall", np.nan),
-                         "rare_recall_assigned_global": glob.get("rare_recall", np.nan)})
+                         "rare_recall_assigned": after.get("rare_recall", np.nan)})
     return pd.DataFrame(rows)
 
 
@@ -258,8 +251,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     g = runs.groupby(["tissue", "level", "fraction", "method"])
     table = g.agg(f1=("macro_f1", "mean"), f1_sd=("macro_f1", "std"), rare=("rare_recall", "mean"),
                   rare_sd=("rare_recall", "std"), wall=("wall_s", "mean"), seeds=("seed", "nunique"),
-                  unassigned=("unassigned", "mean"), rare_kept=("rare_recall_assigned", "mean"),
-                  rare_kept_global=("rare_recall_assigned_global", "mean")).reset_index()
+                  unassigned=("unassigned", "mean"), rare_kept=("rare_recall_assigned", "mean")).reset_index()
     base = table[~table["method"].str.startswith("celler")]
     best = base.loc[base.groupby(["tissue", "level", "fraction"])["f1"].idxmax()].set_index(
         ["tissue", "level", "fraction"])
@@ -274,15 +266,14 @@ def markdown(table: pd.DataFrame) -> str:
         return "–" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(s) else f" ± {s:.3f}")
 
     lines = ["| benchmark | method | macro-F1 | rare recall | gap to best baseline | s per run | seeds | "
-             "Unassigned | rare recall after Unassigned (per-class / one global cut) |",
+             "Unassigned | rare recall after Unassigned |",
              "|---|---|---|---|---|---|---|---|---|"]
     order = ["tissue", "level", "fraction", "f1"]
     for r in table.sort_values(order, ascending=[True, True, True, False]).itertuples():
         bench = (r.tissue + ("" if r.level == "subclass" else f" ({r.level})")
                  + ("" if r.fraction >= 1 else f", {r.fraction:g} of the labels"))
         gap = "–" if pd.isna(r.gap) else f"{r.gap:+.3f}"
-        after = ("–" if pd.isna(r.unassigned) else
-                 f"{r.unassigned:.3f} | {pm(r.rare_kept, np.nan)} / {pm(r.rare_kept_global, np.nan)}")
+        after = "–" if pd.isna(r.unassigned) else f"{r.unassigned:.3f} | {pm(r.rare_kept, np.nan)}"
         lines.append(f"| {bench} | {r.method} | {pm(r.f1, r.f1_sd)} | {pm(r.rare, r.rare_sd)} | {gap} | "
                      f"{r.wall:.0f} | {r.seeds} | {after if after != '–' else '– | –'} |")
     return "\n".join(lines)
