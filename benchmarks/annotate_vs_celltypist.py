@@ -67,7 +67,8 @@ def build_models() -> tuple[Path, Path]:
     celler_dir, ct_model = OUT / "kang_model", OUT / "kang_celltypist.pkl"
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     if not (celler_dir / "novelty.npz").exists():
-        subprocess.run(["snakemake", "-c2", "results/kang/tokens", "results/pretrain/model"], cwd=REPO, check=True)
+        snakemake = str(Path(sys.executable).with_name("snakemake"))
+        subprocess.run([snakemake, "-c2", "results/kang/tokens", "results/pretrain/model"], cwd=REPO, check=True)
         cfg, _ = finetune_config(config["finetune"])
         finetune(REPO / "results/kang/tokens", celler_dir, cfg, pretrained=REPO / "results/pretrain/model")
     if not ct_model.exists():
@@ -121,10 +122,11 @@ def main() -> None:
     for tool, r in best.iterrows():
         walls = ", ".join(f"{w:.1f}" for w in df.loc[df["tool"] == tool, "wall_s"])
         table.append(f"| {tool} | {r['wall_s']:.1f} | {walls} | {r['peak_gb']:.2f} |")
-    stages = [line.strip() for line in (OUT / "celler_0.log").read_text().splitlines() if "stage " in line][:12]
+    last = OUT / f"celler_{args.rounds - 1}.log"
+    stages = [line.split(": ", 1)[-1] for line in last.read_text().splitlines() if "stage " in line][:12]
     notes = (f"Query: Kang's file x {args.repeat} ({n:,} cells), counts. Celler / CellTypist wall time: "
              f"{ratio:.2f}. Both from process start (imports included) to the written .h5ad; CellTypist's "
-             "model trained beforehand. Celler stage log lines (round 0):\n\n"
+             "model trained beforehand. Where Celler's time went (its stage log, last round):\n\n"
              + "\n".join(f"    {s}" for s in stages))
     append_results("Annotation: celler annotate vs CellTypist, 100k cells", "\n".join(table), notes)
     (OUT / "summary.json").write_text(json.dumps({"ratio": ratio, "rows": rows}))

@@ -16,6 +16,7 @@ if variant != "default":  # an ablation loss: the ablation's finetune settings, 
 cfg, scgpt_dir = finetune_config(section)
 run_guarded(
     lambda: celler_run_stage(sm.input.tokens, cfg=cfg, pretrained=scgpt_dir or (sm.input.pretrained or None),
-                             seed=int(sm.wildcards.seed), train_cells_path=sm.input.train_cells, out=sm.output[0]),
+                             seed=int(sm.wildcards.seed), train_cells_path=sm.input.train_cells, out=sm.output[0],
+                             transductive=bool(sm.config.get("pretrain", {}).get("transductive", False))),
     log_path=sm.log[0],
 )

@@ -48,19 +48,22 @@ ALLOWED_LINES = (
     re.compile(r"^Assuming unrestricted shared filesystem usage\.$"),
     re.compile(r"^(celler: )?warning: ", re.IGNORECASE),
     re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) [\w.]+: "),  # celler's progress log before the failure
-    re.compile(r"^\S+\.py:\d+: \w*Warning: "),  # a Python warning's first line ...
-    re.compile(r"^  "),  # ... and its indented source line
+    PY_WARNING := re.compile(r"^\S+\.py:\d+: \w*Warning: "),  # a Python warning's first line ...
 )
+#: ... and its indented source line, accepted only right after that first line
+WARNING_SOURCE = re.compile(r"^  \S")
 
 
 def one_error_line(text: str, root, before: dict) -> str:
-    """The bad-input contract on a failed run's whole output (stdout and stderr): exactly one line, starting
+    """The bad-input contract on a failed run's whole output (stdout and stderr together): exactly one line, starting
     ``celler: error:``, and nothing else but the lines of ``ALLOWED_LINES``; no traceback; nothing under
     ``root`` created, changed or removed since ``before`` (a :func:`tree`). Returns the error line."""
     lines = [line for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("celler: error: ")]
     assert len(errors) == 1, text
-    others = [line for line in lines if line not in errors and not any(p.search(line) for p in ALLOWED_LINES)]
+    others = [line for i, line in enumerate(lines) if line not in errors
+              and not any(p.search(line) for p in ALLOWED_LINES)
+              and not (WARNING_SOURCE.search(line) and i and PY_WARNING.search(lines[i - 1]))]
     assert not others, f"lines besides the error: {others}"
     assert "Traceback" not in text
     assert tree(root) == before, "files were created, changed or removed"

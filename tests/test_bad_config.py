@@ -149,6 +149,20 @@ def test_duplicate_query_names(tmp_path):
 
 @pytest.mark.xfail(reason="Snakemake reads --configfile itself, before any workflow code runs: a missing "
                    "file ends in its own traceback (snakemake/settings/types.py), which the workflow cannot "
-                   "catch", strict=True)
+                   "catch", strict=True, raises=AssertionError)
 def test_missing_configfile(tmp_path):
     _fails(tmp_path, "--configfile", "nope.yaml")
+
+
+def test_one_error_line_accepts_a_warnings_source_line_and_nothing_else_indented(tmp_path):
+    """The contract's own check: an indented line passes only as the source line right after a Python
+    warning; an indented traceback frame or a Snakemake job block fails it."""
+    from conftest import one_error_line, tree
+
+    before = tree(tmp_path)
+    err = "celler: error: config.yaml: tissues.x.label: no column 'y'; use one of ..."
+    warned = "/x/y.py:3: UserWarning: something\n  warnings.warn('something')\n" + err
+    assert one_error_line(warned, tmp_path, before) == err
+    for bad in ('  File "/x/y.py", line 3, in f\n' + err, "rule qc:\n    input: a.h5ad\n" + err):
+        with pytest.raises(AssertionError):
+            one_error_line(bad, tmp_path, before)

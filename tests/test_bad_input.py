@@ -183,6 +183,7 @@ def _unknown_genes(a):
     (_dense(np.inf), [], "expression matrix has NaN/inf values"),
     (_dense(-1.0), [], "expression matrix has negative values"),
     (set_x(lambda a: np.full(a.shape, 3e38, np.float32)), [], "values too large (max 3e+38)"),
+    (_dense(1e30), [], "values too large (max 1e+30"),
     (_as(bool), [], "matrix X holds boolean values"),
     (_as(np.complex64), [], "matrix X holds complex values"),
     (lambda a: a[:0].copy(), [], "matrix X has no cells"),
@@ -205,7 +206,7 @@ def _unknown_genes(a):
     (_cell_names, [], "duplicate cell name 'same'"),
     (_unknown_genes, [], "only 0 of 2511 genes"),
     (None, ["--vocab", "list.json"], "list.json: not a vocabulary"),
-], ids=["nan", "inf", "negative", "overflow", "bool", "complex", "zero-cells", "zero-genes", "all-zero",
+], ids=["nan", "inf", "negative", "overflow", "absurd-value", "bool", "complex", "zero-cells", "zero-genes", "all-zero",
         "no-X", "empty-gene-name", "blank-gene-name", "labels-all-empty", "labels-all-nan", "no-label-column",
         "no-batch-column", "no-raw", "no-layer", "nothing-left-after-qc", "one-bin", "too-many-bins",
         "vocab-missing", "vocab-not-json", "duplicate-cells", "no-vocabulary-overlap", "vocab-a-list"])
@@ -261,6 +262,30 @@ def test_counts_with_float_noise_are_counts_with_a_warning(tmp_path, capfd):
                     for d in ("noisy", "exact"))
     assert np.mean(noisy == exact) > 0.9
     assert np.abs(noisy - exact).max() <= 1  # the noise only moves values across a bin edge
+
+
+def test_counts_with_noise_on_every_entry_are_counts_with_a_warning(tmp_path, capfd):
+    """Integer counts with 1e-6 added to every entry (zeros too) are counts, not log values: the same tokens as
+    the exact counts, and a warning naming the file (they were taken as log-normalised before)."""
+    def noisy(a):
+        a.X = a.X.toarray().astype(np.float32) + np.float32(1e-6)
+    _tokenize_ok(_small(tmp_path, "noisy.h5ad", edit=noisy), tmp_path / "noisy")
+    assert "noisy.h5ad: values are whole numbers plus float noise" in capfd.readouterr().err
+    assert set(pd.read_csv(tmp_path / "noisy/qc_cells.tsv.gz", sep="\t")["kind"]) == {"counts"}
+
+
+def test_many_genes_on_one_symbol_are_named_in_a_warning(tmp_path, capfd):
+    """Seven more gene names that all read as CD3E (case variants: distinct names, one vocabulary gene) are
+    summed into one gene with the file's own CD3E, but not silently: a warning names the file, the gene and
+    how many columns (they passed unnoticed before)."""
+    variants = ["cd3e", "Cd3e", "CD3e", "cD3E", "cd3E", "Cd3E", "cD3e"]
+
+    def renamed(a):
+        assert "CD3E" in a.var_names
+        a.var_names = variants + list(a.var_names[len(variants):])
+    _tokenize_ok(_small(tmp_path, "renamed.h5ad", edit=renamed), tmp_path / "renamed")
+    err = capfd.readouterr().err
+    assert "renamed.h5ad: 1 vocabulary genes each receive more than 2" in err and "CD3E from 8" in err
 
 
 # ------------------------------------------------------------ outputs never replace what Celler did not write

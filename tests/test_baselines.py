@@ -256,3 +256,15 @@ def test_errors_name_the_problem(flat):
     onecls.obs["celler_label"] = "alpha"
     with pytest.raises(CellerError, match="fewer than two classes"):
         run_baseline("knn", onecls)
+
+
+def test_the_workflow_offers_every_baseline_and_the_demo_runs_the_strongest_few_label_one():
+    """The schema's list of baselines is the package's (the workflow reads BASELINES itself), and the demo
+    compares with logreg_pca, the linear twin of the program view (issue 33: it was refused)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())
+    enum = schema["properties"]["evaluate"]["properties"]["baselines"]["items"]["enum"]
+    assert sorted(enum) == sorted(BASELINES)
+    assert "logreg_pca" in yaml.safe_load((root / "config.yaml").read_text())["evaluate"]["baselines"]

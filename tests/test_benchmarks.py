@@ -1,17 +1,38 @@
-"""Tools of the benchmarks: the many-class benchmark's tissue (dozens of fine types nested in Kang's four) and
-the gene-neighbour score that says what pretraining put into the gene vectors."""
+"""Tools of the benchmarks: the many-class benchmark's tissue (dozens of fine types nested in Kang's four), the
+gene-neighbour score that says what pretraining put into the gene vectors, and the leave-one-type-out folds."""
 
+import importlib
 import sys
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-many_classes = pytest.importorskip("many_classes")
-gene_neighbours = pytest.importorskip("gene_neighbours")
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (a failed import fails the test run, never skips it). benchmarks/ is on
+    sys.path only while it and its siblings import, and the siblings leave sys.modules again, so that names like
+    ``annotate`` or ``pretrain`` cannot shadow other modules for the rest of the run."""
+    before = set(sys.modules)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+        for added in set(sys.modules) - before:
+            if getattr(sys.modules[added], "__file__", "") and \
+                    Path(sys.modules[added].__file__).parent == REPO / "benchmarks":
+                del sys.modules[added]
+    return module
+
+
+many_classes = load_benchmark("many_classes")
+gene_neighbours = load_benchmark("gene_neighbours")
+loto = load_benchmark("leave_one_type_out")
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +84,18 @@ def test_markers_belong_to_one_type_each():
     assert found["MS4A1"] == "B cell" and found["GNLY"] == "Natural killer cell" and found["TCF7"] == "T cell"
     assert "PTPRC" not in found and "CD3E" not in found  # listed for several types (CD3E: T and NK)
     assert set(found.values()) <= set(gene_neighbours.TYPES)
+
+
+def test_leave_one_type_out_folds_siblings_and_lineages():
+    """A type is left out when it has >= MIN_TEST test cells; a type whose parent keeps other types in training
+    is a sibling fold; each parent is a lineage fold; the 'none' fold leaves nothing out."""
+    rows = [("T naive", "T", 40), ("T memory", "T", 40), ("B", "B", 40), ("NK", "NK", 10)]
+    cells = pd.DataFrame(
+        [(f"{t}{i}", t, p, "train" if i % 2 else "test") for t, p, n in rows for i in range(2 * n)],
+        columns=["cell", "label", "parent", "split"]).set_index("cell")
+    config = {"tissues": {"x": {"split": {"by": "column"}}}}
+    folds = {f["fold"]: f for f in loto.folds(config, "x", cells, seed=0)}
+    assert folds["none"]["left"] == []
+    assert set(folds) == {"none", "T naive", "T memory", "B", "lineage B", "lineage NK", "lineage T"}  # NK: 10
+    assert folds["T naive"]["sibling"] and not folds["B"]["sibling"]
+    assert folds["lineage T"]["left"] == ["T memory", "T naive"]

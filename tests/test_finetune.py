@@ -14,7 +14,7 @@ from celler.evaluate.metrics import hierarchy_disagreement
 from celler.model.classifier import load_classifier, predictions_table
 from celler.train.finetune import FinetuneConfig, finetune, loss_candidates, validation_split
 
-FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3}
+FAST = {"init": "scratch", "epochs": 2, "min_steps": 0, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3}
 
 
 def test_two_levels_predicted_and_model_dir_self_describing(facs_tokens, tmp_path):
@@ -26,13 +26,13 @@ def test_two_levels_predicted_and_model_dir_self_describing(facs_tokens, tmp_pat
     labels = json.loads((d / "labels.json").read_text())
     assert labels["subclass_to_parent"]["CD4+/CD45RO+ Memory T"] == "CD4 T"
     assert sum(labels["class_counts"]["subclass"]) == info["n_train"]
-    for f in ("model.pt", "config.json", "vocab.json", "bin_edges.json", "train_log.csv"):
+    for f in ("model.pt", "config.json", "vocab.json", "bin_edges.json", "train_log.csv", "novelty.npz"):
         assert (d / f).exists()
     store = TokenStore(facs_tokens)
     test = np.flatnonzero(store.cells.split == "test")
     pred, emb = predictions_table(model, store, test, cfg)
     assert set(pred.level) == {"subclass", "parent"} and len(pred) == 2 * len(test)
-    assert emb.shape == (len(test), model.encoder.config.d_model)
+    assert emb.shape == (len(test), model.embedding_dim)  # the readout vector (programs + profile by default)
     # reloading gives the same predictions
     loaded, _ = load_classifier(d)
     pred2, _ = predictions_table(loaded, store, test, cfg)

@@ -23,10 +23,18 @@ def stage_of(parts: list[str]) -> str | None:
     return None if head in LEAVES else head
 
 
-def imports(path: Path) -> list[list[str]]:
+def imports(path: Path, package: list[str] | None = None) -> list[list[str]]:
+    """Every ``celler.*`` import of ``path``, as the parts after ``celler``; a relative import (``from ..report
+    import x``) is resolved against ``package``, the module's package inside celler (default: from its path)."""
+    if package is None:
+        package = list(path.relative_to(SRC).parent.parts) if path.is_relative_to(SRC) else []
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "celler":
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - (node.level - 1)] if node.level - 1 <= len(package) else []
+            rest = base + (node.module.split(".") if node.module else [])
+            out += [rest + [a.name] if not rest else rest for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "celler":
             rest = node.module.split(".")[1:]
             out += [rest + [a.name] if not rest else rest for a in node.names]
         elif isinstance(node, ast.Import):
@@ -43,9 +51,9 @@ def test_every_module_belongs_to_a_stage():
     assert not stray, f"modules outside the stages: {stray}"
 
 
-def upward_imports(path: Path, own: str | None) -> list[str]:
+def upward_imports(path: Path, own: str | None, package: list[str] | None = None) -> list[str]:
     """The ``celler.*`` imports of ``path`` that go to a later stage than ``own`` (any stage, for a leaf)."""
-    return [".".join(i) for i in imports(path)
+    return [".".join(i) for i in imports(path, package)
             if (s := stage_of(i)) is not None and (own is None or RANK[s] > RANK[own])]
 
 
@@ -64,6 +72,9 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert upward_imports(bad, "data") == ["model.encoder"]
     assert upward_imports(bad, "train") == []
     assert upward_imports(bad, None) == ["model.encoder"]
+    relative = tmp_path / "relative.py"  # as if it were celler/data/relative.py
+    relative.write_text("from ..model.encoder import Encoder\nfrom . import io\nfrom .. import errors\n")
+    assert upward_imports(relative, "data", ["data"]) == ["model.encoder"]
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))

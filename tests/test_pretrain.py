@@ -144,7 +144,8 @@ def test_finetuning_starts_from_the_pretrained_encoder(pbmc3k_tokens, pancreas_t
     fine-tuned on pancreas; both stores use the bundled vocabulary and 51 bins)."""
     pretrain([pbmc3k_tokens], tmp_path / "pre", QUICK.with_overrides(["max_steps=3"]))
     saved = torch.load(tmp_path / "pre" / "model.pt", weights_only=True)["encoder"]
-    cfg = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, seed=0, device="cpu", readout="cls")
+    cfg = FinetuneConfig(init="pretrained", epochs=1, min_steps=0, batch_size=32, max_len=64, seed=0, device="cpu",
+                         readout="cls")
     start = build_encoder(cfg, TokenStore(pancreas_tokens), tmp_path / "pre").state_dict()
     assert start.keys() == saved.keys()
     for k, v in saved.items():
@@ -239,8 +240,8 @@ def test_other_pretrained_weights_give_other_default_predictions(pbmc3k_tokens, 
     pretrained models (pretraining seeds 0 and 1) gives different logits; from scratch twice, the same."""
     from celler.model.classifier import predict_logits
 
-    ft = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, seed=0, device="cpu")
-    assert ft.readout == "profile"  # the default
+    ft = FinetuneConfig(init="pretrained", epochs=1, min_steps=0, batch_size=32, max_len=64, seed=0, device="cpu")
+    assert ft.readout == "programs+profile"  # the shipped default (tests/test_defaults.py)
     store = TokenStore(pancreas_tokens)
     test = np.flatnonzero(store.cells["split"].astype(str).to_numpy() == "test")[:100]
     out = {}

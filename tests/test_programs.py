@@ -12,7 +12,7 @@ from celler.model.classifier import load_classifier, predictions_table
 from celler.model.programs import ProgramView, fit_axes, profile_matrix
 from celler.train.finetune import FinetuneConfig, finetune
 
-FAST = {"init": "scratch", "epochs": 2, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3,
+FAST = {"init": "scratch", "epochs": 2, "min_steps": 0, "patience": 2, "max_len": 48, "batch_size": 64, "lr": 2e-3,
         "readout": "programs", "n_programs": 12}  # more axes than FACS's 9 fine types
 K = FAST["n_programs"]
 
@@ -111,6 +111,47 @@ def test_transductive_stage_fits_the_axes_on_the_test_cells_too(facs_tokens, tmp
     np.testing.assert_allclose(model.programs.loadings.numpy(), fit_axes(store, every, K)[0], atol=1e-6)
     train_only, _ = fit_axes(store, np.flatnonzero(store.cells["split"].eq("train")), K)
     assert not np.allclose(np.abs(train_only), np.abs(model.programs.loadings.numpy()), atol=1e-3)
+
+
+def test_comparison_runs_honour_transductive_as_the_main_rule_does(facs_tokens, tmp_path, monkeypatch):
+    """celler_run_stage (the evaluation's and the ablation's Celler runs) passes the test cells to the program
+    view's axes when transductive, as finetune_stage does; not otherwise."""
+    import celler.train.finetune as ft
+    from celler.evaluate.experiments import celler_run_stage
+
+    store = TokenStore(facs_tokens)
+    test = set(store.cells.index[store.cells["split"].eq("test")])
+    seen = []
+    real = ft.finetune
+
+    def spy(*args, **kwargs):
+        seen.append(set(kwargs.get("unlabelled_cells") if kwargs.get("unlabelled_cells") is not None else []))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "finetune", spy)
+    cells = tmp_path / "train.txt"
+    cells.write_text("\n".join(store.cells.index[store.cells["split"].eq("train")]) + "\n")
+    for transductive in (True, False):
+        celler_run_stage(facs_tokens, cfg=FinetuneConfig(**{**FAST, "epochs": 1}), pretrained=None, seed=0,
+                         train_cells_path=cells, out=tmp_path / f"{transductive}.tsv", transductive=transductive)
+    assert seen == [test, set()]
+
+
+def test_with_highly_variable_genes_the_axes_are_fitted_on_the_profiles_the_view_reads(facs_tokens, tmp_path):
+    """gene_selection hvg cuts each cell's profile to the tissue's HVGs: the axes load those genes only and the
+    view's scores of the fitted cells are centred (fitted on all genes, they were offset by the other genes'
+    mean)."""
+    store = TokenStore(facs_tokens)
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1, "gene_selection": "hvg", "n_hvg": 300})
+    model, _, _ = finetune(facs_tokens, tmp_path / "m", cfg)
+    hvg = model.selected_genes
+    loadings = model.programs.loadings.numpy()
+    others = np.setdiff1d(np.arange(len(loadings)), hvg)
+    assert np.abs(loadings[others]).max() == 0 and np.abs(loadings[hvg]).max() > 0
+    train = np.flatnonzero(store.cells["split"].eq("train"))
+    x = profile_matrix(store, train)[:, hvg]
+    scores = np.asarray(x @ loadings[hvg]) - model.programs.offset.numpy()
+    assert np.abs(scores.mean(0)).max() < 1e-3 * scores.std(0).max()
 
 
 def test_a_tissue_with_more_types_than_programs_gets_an_axis_per_type(facs_tokens, tmp_path):

@@ -197,7 +197,7 @@ def test_finetune_starts_from_a_scgpt_directory(tmp_path, pancreas_tokens):
              "value_encoder.linear1.weight": "value_encoder.linear1.weight",
              "blocks.0.attn.qkv.weight": "transformer_encoder.layers.0.self_attn.in_proj_weight",
              "blocks.1.mlp.fc2.weight": "transformer_encoder.layers.1.linear2.weight"}
-    cfg = FinetuneConfig(init="pretrained", epochs=1, batch_size=32, max_len=64, lr=1e-3, seed=0,
+    cfg = FinetuneConfig(init="pretrained", epochs=1, min_steps=0, batch_size=32, max_len=64, lr=1e-3, seed=0,
                          device="cpu", readout="cls")  # the encoder's own weights must train
     start = build_encoder(cfg, TokenStore(pancreas_tokens), d).state_dict()
     for ours, theirs in pairs.items():

@@ -4,6 +4,7 @@ import sys
 
 from snakemake.utils import validate
 
+from celler.evaluate.baselines import BASELINES
 from celler.config import all_datasets, check_config, check_input_files, config_source
 from celler.errors import CellerError
 from celler.preflight import check_inputs_against_config
@@ -103,8 +104,7 @@ def get_final_output():
 
 
 # --- comparison runs (workflow/rules/evaluate.smk) -------------------------------------------------------
-BASELINE_METHODS = ["celltypist", "celltypist_balanced", "celltypist_majority", "actinn", "singlecellnet", "logreg",
-                    "logreg_balanced", "knn"]
+BASELINE_METHODS = list(BASELINES)  # the package's (the schema's enum lists the same; tested)
 
 
 def evaluation_plan(tissue):

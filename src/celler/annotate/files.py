@@ -47,7 +47,7 @@ def annotate_file(query, model_dir, *, out, csv=None, labels_out=None, markers_o
     adata = ad.read_h5ad(query)
     result.to_adata(adata)
     with atomic_path(out, **guard) as tmp:
-        adata.write_h5ad(tmp, compression="gzip")
+        adata.write_h5ad(tmp)  # uncompressed, as CellTypist writes: gzip cost 5 s of 27 on 100k cells
     log.info("stage write the annotated copy: %.1f s", time.perf_counter() - clock)
     if csv:
         with atomic_path(csv, **guard) as tmp:

@@ -159,6 +159,10 @@ def atomic_path(path: str | Path, *, inputs=(), force: bool = False) -> Iterator
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+#: larger than any count of one gene in one cell (about 1e6 reads is a whole deep cell) or any log value
+MAX_VALUE = 1e9
+
+
 class MatrixReader:
     """Row-chunked access to an ``.h5ad`` expression matrix without loading it whole.
 
@@ -235,6 +239,10 @@ class MatrixReader:
                 raise CellerError(msg)
             with np.errstate(over="ignore"):
                 overflow = not np.isfinite(chunk.sum(axis=1)).all()
+            if not overflow and chunk.data.max() > MAX_VALUE:
+                msg = (f"{self.path}: values too large (max {chunk.data.max():.3g}, rows {start}-{stop}): no count "
+                       f"or log-normalised value exceeds {MAX_VALUE:.0e}; check the matrix (matrix: raw?)")
+                raise CellerError(msg)
             if overflow:
                 msg = (f"{self.path}: values too large (max {chunk.data.max():.3g}): a cell's total "
                        f"overflows 32-bit floats (rows {start}-{stop}); Celler needs counts or log-normalised"

@@ -36,7 +36,7 @@ def detect_kind(data: np.ndarray, *, source: str = "input") -> str:
     if np.array_equal(sample, whole):
         return "counts"
     off = np.abs(sample - whole)
-    if (whole >= 1).all() and off.max() <= COUNT_NOISE:
+    if (whole >= 1).any() and off.max() <= COUNT_NOISE:  # noise on zeros too (whole 0) leaves counts counts
         log.warning("%s: values are whole numbers plus float noise (up to %.2g): treated as raw counts; "
                     "round them to silence this warning, or pass log-normalised values if not counts",
                     source, off.max())

@@ -7,6 +7,7 @@ so token ids here and in scGPT checkpoints mean the same genes.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from celler.errors import CellerError
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -177,6 +180,12 @@ def map_genes(
         vocab = vocab.extended(new)
         for k in np.flatnonzero(token_ids < 0):
             token_ids[k], how[k] = vocab.token_to_id[str(symbols[k])], "extend"
+    merged = pd.Series(token_ids[token_ids >= 0]).value_counts()
+    merged = merged[merged > MAX_GENES_PER_TOKEN]
+    if len(merged):
+        log.warning("%s: %d vocabulary genes each receive more than %d of the input's genes (e.g. %s from %d); "
+                    "their values are summed into one gene: check the gene names (or the gene_symbols column)",
+                    source, len(merged), MAX_GENES_PER_TOKEN, vocab.tokens[merged.index[0]], merged.iloc[0])
     table = pd.DataFrame({
         "gene": genes,
         "symbol": symbols,
@@ -185,6 +194,10 @@ def map_genes(
         "source": how,
     })
     return GeneMapping(table=table, vocab=vocab)
+
+
+#: more input genes than this on one vocabulary gene is a naming problem, not a symbol / Ensembl duplicate
+MAX_GENES_PER_TOKEN = 2
 
 
 def merge_matrix(mapping_ids: np.ndarray):

@@ -87,21 +87,25 @@ def baseline_stage(expr_path, *, method: str, seed: int, train_cells_path, out, 
         pred.to_csv(tmp, sep="\t", index=False)
 
 
-def celler_run_stage(store_path, *, cfg, pretrained, seed: int, train_cells_path, out) -> None:
+def celler_run_stage(store_path, *, cfg, pretrained, seed: int, train_cells_path, out,
+                     transductive: bool = False) -> None:
     """Fine-tune Celler with ``cfg`` (seeded) on the listed training cells; write test predictions only.
 
     The run's model directory is temporary: runs exist to be compared, the tissue's model is the main rule's.
+    ``transductive``: the program view's axes read the test cells' expression too (never their labels), as the
+    main rule (``celler.stages.finetune_stage``) and pretraining do.
     """
     from celler.data.tokens import TokenStore
     from celler.model.classifier import predictions_table
     from celler.train.finetune import finetune
 
     cfg = replace(cfg, seed=seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, _, info = finetune(store_path, Path(tmp) / "model", cfg, pretrained=pretrained,
-                                  train_cells=read_cell_list(train_cells_path))
     store = TokenStore(store_path)
     test = np.flatnonzero(store.cells["split"].astype(str).eq("test").to_numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, info = finetune(store_path, Path(tmp) / "model", cfg, pretrained=pretrained,
+                                  train_cells=read_cell_list(train_cells_path),
+                                  unlabelled_cells=store.cells.index[test] if transductive else None)
     pred, _ = predictions_table(model, store, test, cfg)
     log.info("chosen loss %s %s (validation macro-F1 %.3f)", info["loss"], info["loss_params"], info["val_macro_f1"])
     with atomic_path(out) as tmp:

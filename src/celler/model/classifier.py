@@ -1,7 +1,8 @@
 """The fine-tuned classifier: readouts, reading cells as it was trained, prediction, and its model directory.
 
-:class:`CellClassifier` is the pretrained encoder plus one head per label level, reading a cell embedding
-chosen by ``readout``; it carries the genes a cell is restricted to (``gene_selection: hvg``), so that every
+:class:`CellClassifier` is one head per label level over a cell embedding chosen by ``readout`` (the
+transformer encoder runs only for ``cls`` / ``mean``; the default program and profile views read the cell's
+profile directly); it carries the genes a cell is restricted to (``gene_selection: hvg``), so that every
 caller (evaluation, ``celler annotate``) reads a cell exactly as training did. Training lives in
 :mod:`celler.train.finetune`.
 
@@ -38,9 +39,9 @@ from torch.utils.data import DataLoader
 from celler import __version__
 from celler.errors import CellerError
 from celler.model import ClassifierHead, Encoder, ModelConfig, ProfileEncoder
+from celler.model.batching import CellDataset, LengthBucketSampler, collate
 from celler.model.novelty import NoveltyIndex
 from celler.model.programs import ProgramView, profile_matrix
-from celler.model.batching import CellDataset, LengthBucketSampler, collate
 
 CLASSIFIER_FORMAT_VERSION = 1
 NOVELTY_FILE = "novelty.npz"

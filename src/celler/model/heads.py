@@ -1,5 +1,6 @@
-"""What reads the encoder: the masked-value head and the profile view with its decoder (pretraining), the
-classifier head (fine-tuning), and ``MaskedValueModel``, what pretraining trains.
+"""What reads the encoder's gene vectors or outputs: the masked-value head and the profile view with its decoder
+(pretraining), the classifier head (fine-tuning, over whatever readout the classifier builds: the profile and
+program views by default, which never run the transformer), and ``MaskedValueModel``, what pretraining trains.
 
 ``ProfileEncoder`` is a linear view of a cell's whole expression profile over the encoder's gene vectors;
 ``ProfileDecoder`` scores genes for a cell vector (the cell-level pretraining objective).

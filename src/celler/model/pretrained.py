@@ -110,7 +110,8 @@ def embed(model_dir, store, *, batch_size: int = 64, max_len: int | None = None,
 
     ``store`` is a path or a TokenStore / ConcatStore; ``indices`` picks cells (default all).
     ``max_len`` defaults to the model's pretraining max_len (1200 for scGPT models); longer cells get a
-    fixed random subset of genes. The workflow writes the result to ``adata.obsm["X_celler"]``.
+    fixed random subset of genes. (The workflow's ``X_celler`` is the fine-tuned classifier's readout vector,
+    ``CellClassifier.embed``, not this.)
     """
     store = TokenStore(store) if isinstance(store, (str, Path)) else store
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

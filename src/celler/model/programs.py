@@ -36,9 +36,17 @@ def profile_matrix(store, cell_idx: np.ndarray) -> sp.csr_matrix:
     return x
 
 
-def fit_axes(store, cell_idx: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``n`` principal axes of the cells ``cell_idx`` of a token store (their labels are not read)."""
-    return principal_axes(profile_matrix(store, cell_idx), n, seed)
+def fit_axes(store, cell_idx: np.ndarray, n: int, seed: int = 0, genes=None) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``n`` principal axes of the cells ``cell_idx`` of a token store (their labels are not read).
+    ``genes``: the token ids a cell is restricted to (``gene_selection: hvg``): the axes and the mean are fitted
+    on exactly the profiles the view will read, the other genes get zero loadings and mean."""
+    x = profile_matrix(store, cell_idx)
+    if genes is not None:
+        keep = np.zeros(x.shape[1], np.float32)
+        keep[np.asarray(genes, np.int64)] = 1
+        x = sp.csr_matrix(x.multiply(keep[None, :]))
+        x.eliminate_zeros()
+    return principal_axes(x, n, seed)
 
 
 def principal_axes(x: sp.csr_matrix, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

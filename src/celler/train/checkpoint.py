@@ -12,7 +12,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,7 @@ import torch.distributed as dist
 from celler import __version__
 from celler.errors import CellerError
 from celler.model.pretrained import MODEL_FORMAT_VERSION
-
-if TYPE_CHECKING:
-    from celler.train.pretrain import PretrainConfig
+from celler.train.pretrain_config import PretrainConfig
 
 LOG_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "cells_per_s", "padding", "profile_loss"]
 

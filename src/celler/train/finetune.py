@@ -1,10 +1,12 @@
-"""Per-tissue fine-tuning: the pretrained encoder plus one classifier head per label level, one loop.
+"""Per-tissue fine-tuning: one classifier head per label level over the readout, one loop.
 
-A tissue has a subclass level and, where configured, a parent level; both heads read the ``<cls>``
-embedding and are trained jointly (total loss = sum over levels of the configured long-tail loss). The
-validation cells are a seeded stratified share of the training cells; the epoch with the best validation
-subclass macro-F1 is kept, and training stops after ``patience`` epochs without improvement. Prediction is
-the argmax of the raw logits (no noise, no prior term), with softmax probabilities as confidence.
+A tissue has a subclass level and, where configured, a parent level; both heads read the same readout vector
+(by default the program and profile views, which never run the transformer; ``readout`` adds ``cls``) and
+are trained jointly (total loss = sum over levels of the configured long-tail loss). The validation cells are
+a seeded stratified share of the training cells; the epoch with the best validation subclass macro-F1 is
+kept, and training stops after ``patience`` epochs without improvement. Prediction is the argmax of the raw
+logits (no noise, no prior term), with softmax probabilities as confidence; the validation cells then set the
+confidence calibration and the novelty cut (the ``Unassigned`` rule).
 
 ``loss: auto`` trains one model per (tau, sigma) of a small grid and keeps the one with the best
 validation macro-F1 (the head/tail trade-off is data-dependent). ``two_stage`` adds a short second stage on
@@ -41,8 +43,8 @@ from celler.model.classifier import (
     predict_logits,
     save_classifier,
 )
-from celler.model.pretrained import load_profile_norm
 from celler.model.novelty import NoveltyIndex
+from celler.model.pretrained import load_profile_norm
 from celler.model.programs import fit_axes
 from celler.train.losses import build_loss
 from celler.train.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
@@ -52,28 +54,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneConfig:
+    """Fine-tuning settings. Every default is config.yaml's ``finetune:`` value (each chosen on validation or
+    tuning cells, benchmarks/RESULTS.md), so a library caller trains the workflow's model (tested)."""
+
     init: str = "pretrained"  # 'pretrained' (a Celler or scGPT model directory is given) or 'scratch'
     preset: str = "tiny"  # model size when init == 'scratch'
     loss: str = "ginf+hdm"  # ce | focal | balanced_softmax | ginf | ginf+hdm | auto
     loss_params: dict = field(default_factory=dict)  # e.g. {form: paper, sigma: 0.33, tau: 1, hdm_n: 20}
     auto_grid: dict = field(default_factory=lambda: {"tau": [0.5, 1.0], "sigma": [0.0, 0.33, 1.0]})
-    max_len: int = 256  # tokens per cell incl. <cls>; a longer cell keeps the genes chosen by gene_selection
+    max_len: int = 192  # tokens per cell incl. <cls>; a longer cell keeps the genes chosen by gene_selection
     gene_selection: str = "top"  # top (highest-expressed), hvg (the tissue's highly variable genes, then top),
     #                              random (a new random subset each epoch), all (no cap)
     n_hvg: int = 2000  # gene_selection 'hvg': how many highly variable genes of the training cells
-    readout: str = "profile"  # what the heads read: cls, mean, profile (every expressed gene), programs (the
+    readout: str = "programs+profile"  # what the heads read: cls, mean, profile (every expressed gene), programs (the
     #                           tissue's principal axes, fitted without labels and frozen), joined by '+'
     n_programs: int = 16  # readout 'programs': at least this many principal axes, and one per finest class
-    view_dropout: float = 0.5  # several views: share of training cells seen through the last flat view alone
+    view_dropout: float = 0.25  # several views: share of training cells seen through the last flat view alone
     batch_size: int = 32
-    lr: float = 5e-4  # peak AdamW learning rate (heads and the profile view)
+    lr: float = 2e-3  # peak AdamW learning rate (heads and the profile view)
     encoder_lr_scale: float = 1.0  # the encoder learns at this multiple of lr (< 1: adapt a pretrained one gently)
     weight_decay: float = 0.01
     head_dropout: float | None = None  # dropout inside the classifier heads (None: the encoder config's)
-    epochs: int = 10  # at most this many passes over the training cells
-    max_steps: int | None = None  # caps the epochs of large tissues: at most ceil(max_steps / steps per epoch)
-    min_steps: int = 0  # small label sets: at least this many steps (more epochs), no early stop before them
-    patience: int = 3  # stop after this many epochs without a better validation macro-F1
+    epochs: int = 20  # at most this many passes over the training cells
+    max_steps: int | None = 500  # caps the epochs of large tissues: at most ceil(max_steps / steps per epoch)
+    min_steps: int = 250  # small label sets: at least this many steps (more epochs), no early stop before them
+    patience: int = 4  # stop after this many epochs without a better validation macro-F1
     val_fraction: float = 0.1  # stratified share of the training cells used for model selection
     freeze_encoder: bool = False  # train the heads only (the encoder's embeddings are computed once)
     two_stage: bool = False  # a second stage on confidently misclassified training cells
@@ -290,7 +295,7 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
         # a tissue with dozens of fine types gets an axis per type (benchmarks/RESULTS.md, 'Many-class benchmark')
         cfg = replace(cfg, n_programs=max(cfg.n_programs, len(levels["subclass"])))
         unlabelled = np.flatnonzero(cells.index.isin([] if unlabelled_cells is None else unlabelled_cells))
-        axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed)
+        axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed, genes=genes)
 
     best_overall, rows, candidates = None, [], []
     for name, params in loss_candidates(cfg):
