@@ -60,8 +60,8 @@ def build_model(out: Path, store_path: Path, preset_name: str, max_len: int) -> 
     enc = Encoder(preset(preset_name, vocab_size=len(vocab), n_bins=store.n_bins, pad_id=vocab.pad_id,
                          cls_id=vocab.cls_id))
     classes = [f"type{i}" for i in range(10)]
-    model = CellClassifier(enc, {"subclass": classes})
-    cfg = FinetuneConfig(init="scratch", preset=preset_name, max_len=max_len)
+    model = CellClassifier(enc, {"subclass": classes}, readout="cls")  # the transformer's cost per preset
+    cfg = FinetuneConfig(init="scratch", preset=preset_name, max_len=max_len, readout="cls")
     info = {"class_counts": {"subclass": [1] * len(classes)}, "loss": "ce", "loss_params": {},
             "val_macro_f1": 0.0, "n_train": 0, "n_val": 0}
     save_classifier(model, out, cfg=cfg, info=info, store=store, pretrained=None, log_rows=[])

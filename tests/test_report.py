@@ -3,6 +3,8 @@ predictions (one tissue with one label level, one with two), the tissue pages wi
 comparison, the cross-tissue index, and every page opened in headless Chromium (skipped when the `chromium`
 binary is missing, a failure under CI=true)."""
 
+import base64
+import io
 import json
 import os
 import re
@@ -21,6 +23,7 @@ from conftest import skip_or_fail
 from celler.errors import CellerError
 from celler.evaluate import markers as mk
 from celler.evaluate.metrics import evaluate, scalar_row
+from celler.model.novelty import NoveltyIndex
 from celler.report.figures import FIGURES, tissue_figures
 from celler.report.index import build_index
 from celler.report.inputs import load_tissue
@@ -52,6 +55,9 @@ def _scores(cells, true, pred, counts, level):
     t = pd.DataFrame({"cell": cells, "split": "test", "level": level, "true": true, "predicted": pred})
     res = evaluate(t, counts, level=level)
     return t, {"level": level} | scalar_row(res), res["per_class"].reset_index().assign(level=level)
+
+
+NOVELTY_CUT = 2.5  # the fake model's novelty cut
 
 
 def make_results(
@@ -194,6 +200,13 @@ def make_results(
         preds.append(t.assign(confidence=rng.uniform(0.5, 1.0, len(t))))
         metrics.append(m)
         per_class.append(pc)
+    novelty = rng.gamma(2.0, 0.6, len(test_cells))  # one score per cell, the same at every level
+    NoveltyIndex(np.zeros((2, 4), np.float32), np.array([0, 1]), np.ones(2), cut=NOVELTY_CUT).save(
+        d / "model/novelty.npz")
+    for p in preds:
+        p["low_confidence"] = p["confidence"] < 0.85  # calibration.json: threshold 0.85
+        p["novelty"] = novelty
+        p["unassigned"] = novelty > NOVELTY_CUT
     pd.concat(preds).to_csv(d / "celler/predictions.tsv", sep="\t", index=False)
     pd.DataFrame(metrics).to_csv(d / "celler/metrics.tsv", sep="\t", index=False)
     pd.concat(per_class).to_csv(d / "celler/per_class.tsv", sep="\t", index=False)
@@ -251,11 +264,23 @@ def reports(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------- content
 
 
+def assert_drawn(png) -> None:
+    """A PNG (path or file object) that decodes to a figure with something drawn on it: at least 200 x 200
+    pixels, and at least 1% of them neither white nor the figure's background (an empty figure fails)."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png, format="png")
+    assert img.ndim == 3 and img.shape[0] >= 200 and img.shape[1] >= 200, img.shape
+    rgb = img[..., :3]
+    inked = (np.abs(rgb - rgb[0, 0]).sum(-1) > 0.1).mean()
+    assert inked > 0.01, f"only {inked:.2%} of the pixels drawn"
+
+
 def test_tissue_report_figures_and_content(reports):
     root, pages, _ = reports
     html = pages["pancreas"].read_text()
     for name in FIGURES:
-        assert (root / "pancreas/figures" / f"{name}.png").stat().st_size > 5000, name
+        assert_drawn(root / "pancreas/figures" / f"{name}.png")
         assert f'alt="{FIGURES[name]}"' in html
     for section in ("summary", "data", "training", "results", "embeddings", "markers", "provenance"):
         assert f'id="{section}"' in html
@@ -294,6 +319,8 @@ def test_tissue_report_is_self_contained(reports):
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) == len(FIGURES)
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    for src in srcs:  # each embedded image decodes to a drawn figure, not just the prefix
+        assert_drawn(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     links = [h for h in re.findall(r'href="([^"#][^"]*)"', html)]
     assert links == ["../report_index.html"]  # the only link out: the index page
     assert not re.search(r"url\(|@import|https?://", html)
@@ -377,12 +404,13 @@ def test_qc_and_confidence_facts_on_the_page(reports):
     html = pages["pancreas"].read_text()
     pred = pd.read_csv(root / "pancreas/celler/predictions.tsv", sep="\t")
     pred = pred[pred["level"] == "subclass"]
-    share = (pred["confidence"] < 0.85).mean()  # calibration.json: threshold 0.85
-    # a model without novelty.npz: Unassigned falls back to the confidence threshold, and the page says so
-    assert f"({share:.1%}) Unassigned" in html
-    assert "has no novelty index" in html and f"flagged <code>low_confidence</code> ({share:.1%}" in html
+    low = (pred["confidence"] < 0.85).mean()  # calibration.json: threshold 0.85
+    share = (pred["novelty"] > NOVELTY_CUT).mean()  # novelty.npz's cut
+    assert f"({share:.1%}) Unassigned" in html and f"the model's cut ({NOVELTY_CUT:.1f}, novelty.npz)" in html
+    assert f"flagged <code>low_confidence</code> ({low:.1%}" in html
     assert "ginf+hdm" in html
-    assert "12.5" in html
+    # the finetune stage's benchmark file (12.5 s, one job) in the provenance table's row, not anywhere
+    assert re.search(r"<td>finetune</td>\s*<td>1</td>\s*<td>12\.5</td>", html), "finetune wall time row"
     for package in ("torch", "scanpy", "anndata"):
         assert f"<td>{package}</td>" in html
 

@@ -132,10 +132,10 @@ def test_finetune_and_evaluation_outputs(tokenized):
         f1 = metrics[metrics.level == "subclass"].set_index("method")["macro_f1"]
         assert f1["celler"] > 3 / pred["true"].nunique(), f1.to_dict()
         assert f1["celler"] > f1["logreg"] - 0.25, f1.to_dict()
-        # floors from the test config's measured figures (it replaces config.yaml, so the package's defaults:
-        # the profile readout, HDM's sample reading): pancreas 0.909, pbmc68k 0.659 (one seed, the same in two
-        # runs, deterministic on CPU; 0.834 / 0.641 with the class reading), each a few points below
-        assert f1["celler"] > {"pancreas": 0.87, "pbmc68k": 0.62}[tissue], f1.to_dict()
+        # floors from the test config's measured figures (the shipped readout programs+profile and every
+        # other default it does not shorten): seeds 0 / 1 / 2 pancreas 0.948 / 0.956 / 0.929, pbmc68k 0.681 /
+        # 0.628 / 0.649; the test runs seed 0 (deterministic on CPU), each floor is seed 0 minus the seed spread
+        assert f1["celler"] > {"pancreas": 0.92, "pbmc68k": 0.62}[tissue], f1.to_dict()
     table = (wd / "results/tables/table3_datasets.md").read_text()
     assert "pancreas" in table and "logreg" in table
     assert "±" not in table  # one seed: the value alone, no "± 0.000"
@@ -157,12 +157,13 @@ def test_annotate_rule_labels_the_queries(tokenized):
     counts = pd.read_csv(out / "pancreas_xin_scclassify.labels.tsv", sep="\t")
     assert counts["n_cells"].sum() == a.n_obs
     assert (out / "pancreas_xin_scclassify.markers.png").stat().st_size > 5000
-    # agreement with Xin's own labels: measured 0.984 of the assigned cells right, 83% assigned (the test
-    # config's one seed and short training); floors a little below
+    # agreement with Xin's own labels: measured 0.969 of the assigned cells right, 99.3% assigned (the test
+    # config's one seed and short training, the shipped readout, Unassigned = novel; with the confidence
+    # rule before it 0.984 and 83%); floors a little below
     truth = query.obs["celltype"].astype(str).to_numpy()
     label = a.obs["celler_label"].astype(str).to_numpy()
     assigned = label != "Unassigned"
-    assert assigned.mean() > 0.7, assigned.mean()
+    assert assigned.mean() > 0.95, assigned.mean()
     assert (label[assigned] == truth[assigned]).mean() > 0.93
 
 

@@ -51,6 +51,7 @@ LEVEL_COLUMN = {"subclass": "label", "parent": "parent"}
 
 READOUTS = ("cls", "mean", "profile", "programs")  # parts of ``readout``, joined with '+': e.g. 'programs+profile'
 FLAT_VIEWS = ("profile", "programs")  # the views that read a cell's whole profile, not its tokens
+DEFAULT_READOUT = "programs+profile"  # chosen on validation / tuning cells (README); FinetuneConfig's default
 
 
 class CellClassifier(nn.Module):
@@ -65,7 +66,7 @@ class CellClassifier(nn.Module):
     (the post-hoc logit adjustment τ′·log N_j chosen on the validation cells); training sees raw logits.
     """
 
-    def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = "cls", genes=None,
+    def __init__(self, encoder: Encoder, levels: dict[str, list[str]], *, readout: str = DEFAULT_READOUT, genes=None,
                  cosine_scale: float | None = None, n_programs: int = 16):
         super().__init__()
         parts = readout.split("+")
@@ -241,6 +242,7 @@ def load_classifier(model_dir, *, device: str = "cpu") -> tuple[CellClassifier, 
     try:
         axes = blob["state_dict"].get("programs.loadings")  # the program view's width is its axes'
         model = CellClassifier(Encoder(ModelConfig(**blob["model_config"])), blob["levels"],
+                               # a model.pt without the key predates readouts: it read <cls>
                                readout=blob.get("readout", "cls"), genes=blob.get("selected_genes"),
                                cosine_scale=blob.get("cosine_scale"),
                                **({} if axes is None else {"n_programs": axes.shape[1]}))

@@ -32,6 +32,7 @@ from celler.data.tokens import TokenStore
 from celler.errors import CellerError
 from celler.model import Encoder, configure_optimizers, preset
 from celler.model.classifier import (
+    DEFAULT_READOUT,
     FLAT_VIEWS,
     LEVEL_COLUMN,
     LEVELS,
@@ -66,7 +67,7 @@ class FinetuneConfig:
     gene_selection: str = "top"  # top (highest-expressed), hvg (the tissue's highly variable genes, then top),
     #                              random (a new random subset each epoch), all (no cap)
     n_hvg: int = 2000  # gene_selection 'hvg': how many highly variable genes of the training cells
-    readout: str = "programs+profile"  # what the heads read: cls, mean, profile (every expressed gene), programs (the
+    readout: str = DEFAULT_READOUT  # what the heads read: cls, mean, profile (every expressed gene), programs (the
     #                           tissue's principal axes, fitted without labels and frozen), joined by '+'
     n_programs: int = 16  # readout 'programs': at least this many principal axes, and one per finest class
     view_dropout: float = 0.25  # several views: share of training cells seen through the last flat view alone
