@@ -170,7 +170,7 @@ def run_fold(job: dict) -> str:
     from dataclasses import replace
 
     from celler.data.tokens import TokenStore
-    from celler.model.calibration import unassigned
+    from celler.model.calibration import low_confidence
     from celler.model.classifier import predict_logits
     from celler.model.programs import fit_axes, profile_matrix
     from celler.stages import finetune_config
@@ -223,7 +223,7 @@ def run_fold(job: dict) -> str:
         conf = prob.max(1)
         frame = pd.DataFrame({"set": s, "cell": cells.index[i], "true": cells["label"].iloc[i].astype(str).to_numpy(),
                               "predicted": pred, "confidence": conf,
-                              "today": unassigned(cal, pred, conf) if cal else False,
+                              "today": low_confidence(cal, pred, conf) if cal else False,
                               "energy": -temp * torch.logsumexp(logits[s] / temp, 1).numpy()})
         for name, by_set in scores.items():
             frame[name] = by_set[s]

@@ -170,7 +170,7 @@ def test_calibration_temperature_threshold_and_curve():
 
 
 def test_class_thresholds_keep_a_less_confident_class_and_never_exceed_the_global_cut():
-    from celler.model.calibration import class_thresholds, unassigned
+    from celler.model.calibration import class_thresholds, low_confidence
 
     rng = np.random.default_rng(1)
     conf = np.concatenate([rng.uniform(0.95, 1.0, 300), rng.uniform(0.5, 0.8, 30), rng.uniform(0.4, 0.9, 20)])
@@ -183,11 +183,11 @@ def test_class_thresholds_keep_a_less_confident_class_and_never_exceed_the_globa
     assert all(v <= 0.92 for v in cut.values())
     cal = {"threshold": 0.92, "class_thresholds": cut}
     names = np.array(["head", "rare", "never"], dtype=object)[pred]
-    left = unassigned(cal, names, conf)
+    left = low_confidence(cal, names, conf)
     assert left[300:330].mean() <= 0.1 + 1e-9  # ~90% of the rare class's right calls are kept ...
     assert (conf[300:330] < 0.92).all()  # ... which one global cut would all have lost
     assert left[330:].all() == (conf[330:] < 0.92).all()
-    assert not unassigned(None, names[:1], np.array([0.6]))[0]  # no calibration: the default 0.5
+    assert not low_confidence(None, names[:1], np.array([0.6]))[0]  # no calibration: the default 0.5
 
 
 def test_two_level_model_writes_the_parent_label(pancreas_tokens, tmp_path):

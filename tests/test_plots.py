@@ -304,7 +304,7 @@ def test_confusion_heatmap_60_classes_readable(tmp_path):
 
 
 def test_confidence_by_class_shows_the_unassigned_share(tmp_path):
-    from celler.model.calibration import unassigned
+    from celler.model.calibration import low_confidence
 
     rng = np.random.default_rng(4)
     pred = pd.DataFrame(
@@ -312,7 +312,7 @@ def test_confidence_by_class_shows_the_unassigned_share(tmp_path):
     )
     pred["true"] = np.where(rng.random(50) < 0.8, pred["predicted"], "delta")
     cal = {"threshold": 0.6, "class_thresholds": {"beta": 0.9}}
-    mask = unassigned(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy())
+    mask = low_confidence(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy())
     cuts = np.where(pred["predicted"] == "beta", 0.9, 0.6)
     fig = plots.confidence_by_class(pred, unassigned=mask, thresholds=cuts, order=["beta", "alpha"])
     _saved(fig, tmp_path, "confidence")

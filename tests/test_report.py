@@ -51,8 +51,10 @@ def _predict(true: np.ndarray, classes: list[str], rng, accuracy: float) -> np.n
     return np.where(wrong, rng.choice(classes, len(true)), true)
 
 
-def _scores(cells, true, pred, counts, level):
+def _scores(cells, true, pred, counts, level, unassigned=None):
     t = pd.DataFrame({"cell": cells, "split": "test", "level": level, "true": true, "predicted": pred})
+    if unassigned is not None:  # Celler's rule: the evaluation scores what the user receives beside the call
+        t["unassigned"] = unassigned
     res = evaluate(t, counts, level=level)
     return t, {"level": level} | scalar_row(res), res["per_class"].reset_index().assign(level=level)
 
@@ -225,6 +227,7 @@ def make_results(
                         _predict(truth[lv][test], classes[lv], rng, acc),
                         train[lv],
                         lv,
+                        rng.random(len(test_cells)) < 0.1 if method == "celler" else None,
                     )
                     rows.append({"method": method, "imbalance": "natural", "seed": seed} | m)
                     pcs.append(pc.assign(method=method, imbalance="natural", seed=seed))
@@ -503,6 +506,12 @@ def test_index_summary_equals_the_evaluation_tables(reports):
             assert r[i] == f"{means.loc['celler', m]:.3f}"
             assert (r[i + 1], r[i + 2]) == (f"{others.max():.3f}", others.idxmax())
             assert r[i + 3] == f"{means.loc['celler', m] - others.max():+.3f}".replace("-", "−")
+        # beside them, what Celler's Unassigned rule leaves the user (Celler's own figures, no baseline has one)
+        kept = ev[(ev["level"] == r[1]) & (ev["method"] == "celler")][
+            ["rare_recall_after_unassigned", "unassigned_share"]].mean()
+        assert r[10] == ("–" if pd.isna(kept.iloc[0]) else f"{kept.iloc[0]:.3f}")
+        assert r[11] == f"{kept.iloc[1]:.3f}"
+    assert "Celler rare recall after Unassigned" in html
     first = html.split("<tbody>", 1)[1].split("</tr>", 1)[0]
     ev = pd.read_csv(root / "pancreas/evaluation/metrics.tsv", sep="\t")
     means = ev[ev["level"] == "subclass"].groupby("method")["macro_f1"].mean()

@@ -1,6 +1,6 @@
 """The workflow on a real SLURM scheduler, submitted with `snakemake --profile slurm` (marker: slurm).
 
-The fixture installs Debian's ``slurm-wlm`` and ``munge`` when they are missing, writes a single-node
+The fixture uses Debian's ``slurm-wlm`` and ``munge`` as installed (``.ci/run`` installs them), writes a single-node
 ``/etc/slurm/slurm.conf`` for this host (state, spool and logs in a temporary directory; the file is removed
 afterwards, and an existing one that this test did not write makes it skip), starts ``munged`` (unless one
 already answers), ``slurmctld`` and ``slurmd``, and stops what it started afterwards. The configuration has to
@@ -9,7 +9,8 @@ be at the default path: the plugin's job step clears ``SLURM_*`` variables (``SL
 (with its pretraining) twice: through the repository's slurm profile, typed as a user would from the
 repository root, and locally; it checks that every job was a SLURM job and that the outputs are the same.
 
-Needs root (daemons, apt-get); skipped otherwise, and a failure under CI=true. About 3 minutes on 2 cores.
+Needs root (daemons) and the packages; skipped otherwise, and a failure under CI=true. About 3 minutes on 2
+cores.
 """
 
 from __future__ import annotations
@@ -44,24 +45,15 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 def _ensure_packages() -> None:
-    """Install slurm-wlm and munge with apt-get when a daemon is missing; skip when that is impossible (fail
-    under CI=true, where .ci/run installs them)."""
+    """Skip when slurm-wlm / munge or root are missing (a failure under CI=true, where .ci/run installs them);
+    the test installs nothing itself."""
     if shutil.which("snakemake") is None:
         skip_or_fail("snakemake not installed")
     if os.geteuid() != 0:
-        skip_or_fail("needs root to install and start the SLURM and munge daemons")
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch", "squeue")):
-        return
-    if shutil.which("apt-get") is None:
-        skip_or_fail("slurm-wlm / munge are not installed and apt-get is unavailable")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
-    proc = _run(install, env=env)
-    if proc.returncode != 0:  # stale package lists: refresh once
-        _run(["apt-get", "update", "-q"], env=env)
-        proc = _run(install, env=env)
-    if proc.returncode != 0:
-        skip_or_fail(f"apt-get could not install slurm-wlm and munge: {proc.stderr.strip()[-300:]}")
+        skip_or_fail("needs root to start the SLURM and munge daemons")
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "squeue") if shutil.which(b) is None]
+    if missing:
+        skip_or_fail(f"SLURM / munge not installed ({', '.join(missing)}; apt-get install slurm-wlm munge)")
 
 
 def _free_ports(n: int) -> list[int]:

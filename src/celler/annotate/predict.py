@@ -20,7 +20,7 @@ from celler.annotate.query import query_file, tokenize_query
 from celler.annotate.result import AnnotationResult
 from celler.annotate.voting import vote
 from celler.errors import CellerError
-from celler.model.calibration import unassigned
+from celler.model.calibration import low_confidence
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _assemble(model: TrainedModel, cells, logits, emb, n_genes, novelty, *, thre
         top = np.argmax(prob, axis=1)
         conf = prob[np.arange(len(prob)), top]
         label = classes[top].copy()
-        low = unassigned(rule, label, conf)
+        low = low_confidence(rule, label, conf)
         label[(low if novel is None else novel) | no_genes] = UNASSIGNED
         prefix = "" if level == "subclass" else f"{level}_"
         table[f"{prefix}label"] = label

@@ -1,8 +1,11 @@
-"""Confidence calibration on the validation cells: a temperature, a rejection threshold, and their trade-off.
+"""Confidence calibration on the validation cells: a temperature, a low-confidence threshold, and their trade-off.
 
 Fine-tuning calls :func:`calibrate` on the held-out validation cells once training is done and saves the
 result as ``model_dir/calibration.json``; annotation (:mod:`celler.annotate`) reads it back, scores each cell
-with ``max softmax(logits / temperature)`` and calls cells below ``threshold`` ``Unassigned``.
+with ``max softmax(logits / temperature)`` and flags a call below its class's threshold ``low_confidence``
+(it keeps its label). Which cells are ``Unassigned`` is the novelty score's (:mod:`celler.model.novelty`):
+a rare type is less confident by construction, so a confidence cut took rare cells first (the thresholds
+below, until the novelty score replaced them as the Unassigned rule; the figures in brackets are from then).
 
 **Temperature.** One scalar ``T`` minimising the negative log-likelihood of the validation labels under
 ``softmax(logits / T)`` (Guo et al. 2017). It rescales confidence without changing any argmax. ``T`` is
@@ -163,8 +166,9 @@ def calibrate(val_logits: torch.Tensor, val_targets: np.ndarray, classes=None) -
     return out
 
 
-def unassigned(level_calibration: dict | None, predicted: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """Which cells the stored rule leaves ``Unassigned``: confidence below the threshold of the predicted class.
+def low_confidence(level_calibration: dict | None, predicted: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Which calls the stored rule flags ``low_confidence`` (they keep their label; ``Unassigned`` is the novelty
+    score's, :mod:`celler.model.novelty`): confidence below the threshold of the predicted class.
 
     ``level_calibration`` is one level's entry of ``calibration.json`` (None: the default threshold);
     ``predicted`` holds class names, ``confidence`` the calibrated confidence (softmax of logits / T). A class
@@ -177,4 +181,5 @@ def unassigned(level_calibration: dict | None, predicted: np.ndarray, confidence
     return np.asarray(confidence, dtype=np.float64) < cut
 
 
-__all__ = ["DEFAULT_THRESHOLD", "calibrate", "class_thresholds", "unassigned", "choose_threshold", "coverage_curve", "fit_temperature"]
+__all__ = ["DEFAULT_THRESHOLD", "calibrate", "choose_threshold", "class_thresholds", "coverage_curve", "fit_temperature",
+           "low_confidence"]

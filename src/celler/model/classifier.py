@@ -273,7 +273,7 @@ def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.Da
     it ``Unassigned`` (novelty above the cut: unlike every training type). ``predicted`` is always the class
     itself, so evaluation scores the classifier and, separately, the rule.
     """
-    from celler.model.calibration import unassigned
+    from celler.model.calibration import low_confidence
 
     logits, emb = predict_logits(model, store, indices, cfg)
     cells = store.cells.iloc[indices]
@@ -290,7 +290,7 @@ def predictions_table(model: CellClassifier, store, indices, cfg) -> tuple[pd.Da
             "confidence": conf.numpy(),
         })
         if cal:
-            frame["low_confidence"] = unassigned(cal, frame["predicted"].to_numpy(), frame["confidence"].to_numpy())
+            frame["low_confidence"] = low_confidence(cal, frame["predicted"].to_numpy(), frame["confidence"].to_numpy())
         if novelty is not None:
             frame["novelty"] = novelty
             frame["unassigned"] = model.novelty.novel(novelty)

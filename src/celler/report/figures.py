@@ -128,16 +128,16 @@ def pretrain_spikes(log: pd.DataFrame | None) -> dict | None:
 def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
     """The confidence figure (the low-confidence flag at the stored thresholds, celler.model.calibration) and
     the facts of the Unassigned rule (novelty above the model's cut, celler.model.novelty)."""
-    from celler.model.calibration import DEFAULT_THRESHOLD, unassigned
+    from celler.model.calibration import DEFAULT_THRESHOLD, low_confidence
 
     pred = inp.predictions_at()
     cal = (inp.calibration or {}).get(inp.level)
     # predictions.tsv carries the calibrated confidence, the flag and the Unassigned call (celler.model.classifier)
     low = (pred["low_confidence"].astype(bool).to_numpy() if "low_confidence" in pred
-           else unassigned(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy()))
+           else low_confidence(cal, pred["predicted"].to_numpy(), pred["confidence"].to_numpy()))
     mask = pred["unassigned"].astype(bool).to_numpy() if "unassigned" in pred else low
     default = float((cal or {}).get("threshold", DEFAULT_THRESHOLD))
-    per_class = (cal or {}).get("class_thresholds") or {}  # the lookup celler.model.calibration.unassigned makes
+    per_class = (cal or {}).get("class_thresholds") or {}  # the lookup celler.model.calibration.low_confidence makes
     cuts = pred["predicted"].astype(str).map(lambda c: float(per_class.get(c, default))).to_numpy()
     right = (pred["true"].astype(str) == pred["predicted"].astype(str)).to_numpy()
     fig = plots.confidence_by_class(pred, unassigned=low, thresholds=cuts, order=inp.order())
