@@ -58,6 +58,14 @@ def test_a_rare_type_is_judged_on_its_own_scale_and_a_new_type_is_novel():
     assert np.mean(flat.score(rare) > flat.cut) > 0.3  # one scale for all: the rare type looks novel
 
 
+def test_a_one_cell_type_takes_the_typical_types_scale():
+    rng = np.random.default_rng(4)
+    x = np.vstack([_cells(rng, [0, 0], 100), _cells(rng, [9, 0], 100, spread=2.0), [[0, 9]]])
+    index = NoveltyIndex.fit(x, np.repeat([0, 1, 2], [100, 100, 1]), 3)
+    assert index.scale[1] > 1.5 * index.scale[0]  # each type its own spread
+    assert index.scale[2] == pytest.approx(np.median(index.scale[:2]))  # no spread of its own: the median
+
+
 def test_few_validation_cells_borrow_the_training_cells_for_the_cut():
     rng = np.random.default_rng(2)
     x = _cells(rng, [0, 0], 500)

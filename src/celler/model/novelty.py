@@ -65,7 +65,8 @@ class NoveltyIndex:
 
     coords: np.ndarray  # (n, d) training cells' readout vectors (float16 values, held as float32)
     labels: np.ndarray  # (n,) their type ids
-    scale: np.ndarray  # (C,) per type: median leave-one-out distance of its own cells (1 below two cells)
+    scale: np.ndarray  # (C,) per type: median leave-one-out distance of its own cells (a one-cell type: the
+    #                    median over the other types)
     cut: float = np.inf  # novelty above this: novel
     k: int = K_NEIGHBOURS
 
@@ -76,11 +77,13 @@ class NoveltyIndex:
         ``scaled=False`` puts every type on one scale (a benchmark control)."""
         coords = np.asarray(coords, np.float16).astype(np.float32)  # what novelty.npz will hold
         labels = np.asarray(labels, np.int64)
-        scale = np.ones(n_classes)
+        scale = np.full(n_classes, np.nan)
         for c in range(n_classes):
             own = coords[labels == c]
             if scaled and len(own) >= 2:
                 scale[c] = max(float(np.median(knn_distance(own, own, k, same=True))), 1e-6)
+        # a type of one training cell has no spread of its own: the typical type's
+        scale[np.isnan(scale)] = np.nanmedian(scale) if np.isfinite(scale).any() else 1.0
         return cls(coords, labels, scale, k=k)
 
     def score(self, coords: np.ndarray) -> np.ndarray:
