@@ -497,8 +497,9 @@ def test_index_summary_equals_the_evaluation_tables(reports):
     ]
     for r in rows:
         ev = pd.read_csv(root / r[0] / "evaluation/metrics.tsv", sep="\t")
-        means = ev[ev["level"] == r[1]].groupby("method")[["macro_f1", "rare_recall"]].mean()
-        for i, m in ((2, "macro_f1"), (6, "rare_recall")):
+        means = ev[ev["level"] == r[1]].groupby("method")[
+            ["macro_f1", "macro_precision", "macro_recall", "rare_recall"]].mean()
+        for i, m in ((2, "macro_f1"), (6, "macro_precision"), (10, "macro_recall"), (14, "rare_recall")):
             others = means.drop(index="celler")[m].dropna()
             if others.empty:  # no rare class in this level's test cells
                 assert r[i + 1] == "–"
@@ -508,10 +509,19 @@ def test_index_summary_equals_the_evaluation_tables(reports):
             assert r[i + 3] == f"{means.loc['celler', m] - others.max():+.3f}".replace("-", "−")
         # beside them, what Celler's Unassigned rule leaves the user (Celler's own figures, no baseline has one)
         kept = ev[(ev["level"] == r[1]) & (ev["method"] == "celler")][
-            ["rare_recall_after_unassigned", "unassigned_share"]].mean()
-        assert r[10] == ("–" if pd.isna(kept.iloc[0]) else f"{kept.iloc[0]:.3f}")
-        assert r[11] == f"{kept.iloc[1]:.3f}"
-    assert "Celler rare recall after Unassigned" in html
+            ["n_rare_test", "rare_recall_after_unassigned", "unassigned_share"]].mean()
+        assert r[18] == f"{kept.iloc[0]:,.0f}"  # the test cells rare recall rests on
+        assert r[19] == ("–" if pd.isna(kept.iloc[1]) else f"{kept.iloc[1]:.3f}")
+        assert r[20] == f"{kept.iloc[2]:.3f}"
+    assert "Celler rare recall after Unassigned" in html and "<th>rare test cells</th>" in html
+    # the better value of each pair is bold, whoever's it is; Celler's cell is not bold by itself
+    first_row = re.findall(r"<tr>(.*?)</tr>", html.split("<tbody>", 1)[1])[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", first_row)
+    for i in (2, 6, 10):
+        celler, best = float(re.sub("<[^>]+>", "", cells[i])), float(re.sub("<[^>]+>", "", cells[i + 1]))
+        if abs(celler - best) >= 0.01:
+            assert ("<strong>" in cells[i], "<strong>" in cells[i + 1]) == (celler > best, best > celler)
+    assert "td.celler{background:#fff6d6}" in html and "tissues: Celler against the baselines" in html
     first = html.split("<tbody>", 1)[1].split("</tr>", 1)[0]
     ev = pd.read_csv(root / "pancreas/evaluation/metrics.tsv", sep="\t")
     means = ev[ev["level"] == "subclass"].groupby("method")["macro_f1"].mean()
@@ -628,3 +638,18 @@ def test_reports_render_in_headless_chromium(chromium, reports, tmp_path):
         if artefacts:
             Path(artefacts).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(artefacts) / shot.name)
+
+
+def test_the_sentence_names_every_metric_where_celler_is_behind_and_says_one_seed():
+    """The index's sentence covers precision and recall too (Celler was behind on them while ahead on F1,
+    unsaid), and says 'one seed' when the table rests on one."""
+    from celler.report.comparison import verdict
+
+    row = {"tissue": "cbmc", "n_seeds": 1, "macro_f1_delta": 0.028, "macro_f1_baseline": "celltypist",
+           "macro_precision_delta": -0.079, "macro_precision_baseline": "celltypist",
+           "macro_recall_delta": 0.05, "macro_recall_baseline": "logreg",
+           "rare_recall_delta": 0.002, "rare_recall_baseline": "logreg"}
+    text = verdict(pd.DataFrame([row]))
+    assert text.startswith("Against the best baseline (one seed), Celler's macro-F1 is higher than")
+    assert "macro precision is lower than celltypist's by 0.079" in text
+    assert "(one seed)" not in verdict(pd.DataFrame([row | {"n_seeds": 3}]))

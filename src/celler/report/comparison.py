@@ -15,9 +15,11 @@ import pandas as pd
 from celler.evaluate.metrics import summarise
 
 #: The two headline metrics.
-HEADLINE = {"macro_f1": "macro-F1", "rare_recall": "rare recall"}
+HEADLINE = {"macro_f1": "macro-F1", "macro_precision": "macro precision", "macro_recall": "macro recall",
+            "rare_recall": "rare recall"}
 #: Celler's own figures shown beside the comparison: what the ``Unassigned`` rule leaves the user.
-RECEIVED = {"rare_recall_after_unassigned": "rare recall after Unassigned", "unassigned_share": "Unassigned"}
+RECEIVED = {"n_rare_test": "rare test cells", "rare_recall_after_unassigned": "rare recall after Unassigned",
+            "unassigned_share": "Unassigned"}
 #: Differences smaller than this are called level (seed-to-seed spread on these sets is 0.002-0.05).
 TIE = 0.01
 
@@ -93,7 +95,8 @@ def verdict(rows: pd.DataFrame, *, unit: str = "tissue", names: str = "tissue") 
             parts.append(f"{label} is {_join(bits)}")
     if not parts:
         return "No baseline was evaluated, so there is nothing to compare Celler with."
-    return f"Against the best baseline, Celler's {'; its '.join(parts)}."
+    one = "n_seeds" in rows and len(rows) and (rows["n_seeds"] == 1).all()
+    return f"Against the best baseline{' (one seed)' if one else ''}, Celler's {'; its '.join(parts)}."
 
 
 def _join(items: list[str]) -> str:
@@ -121,20 +124,27 @@ def comparison_table(rows: pd.DataFrame, *, lead: list[tuple[str, list[str]]] = 
             f'<th>Celler {name}</th><th>best baseline</th><th class="txt">which</th><th>Celler − best</th>'
         )
         if name == HEADLINE["rare_recall"]:
-            head += "".join(f"<th>Celler {label}</th>" for label in RECEIVED.values())
+            head += "".join(f"<th>{'' if k == 'n_rare_test' else 'Celler '}{label}</th>" for k, label in RECEIVED.items())
     body = []
     for i, (_, r) in enumerate(rows.iterrows()):
         cells = "".join(col[i] for _, col in lead) + f'<td class="txt">{html.escape(str(r["level"]))}</td>'
         for m in HEADLINE:
+            ahead = outcome(r[f"{m}_delta"])  # the better of the two values is bold, whoever it is
             cells += (
-                f'<td class="celler">{_num(r[m])}</td><td>{_num(r[f"{m}_best"])}</td>'
+                f'<td class="celler">{_num(r[m], bold=ahead == "ahead")}</td>'
+                f'<td>{_num(r[f"{m}_best"], bold=ahead == "behind")}</td>'
                 f'<td class="txt">{html.escape(r[f"{m}_baseline"] or "–")}</td>{delta_cell(r[f"{m}_delta"])}'
             )
             if m == "rare_recall":
-                cells += "".join(f'<td class="celler">{_num(r.get(k))}</td>' for k in RECEIVED)
+                cells += "".join(f'<td class="celler">{_num(r.get(k), count=k == "n_rare_test")}</td>' for k in RECEIVED)
         body.append(f"<tr>{cells}</tr>")
-    return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    # four metrics side by side are wider than a page: the table scrolls inside it, the page does not
+    return (f'<div class="scroll"><table class="summary"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
-def _num(v) -> str:
-    return "–" if v is None or pd.isna(v) else f"{float(v):.3f}"
+def _num(v, *, bold: bool = False, count: bool = False) -> str:
+    if v is None or pd.isna(v):
+        return "–"
+    text = f"{float(v):,.0f}" if count else f"{float(v):.3f}"
+    return f"<strong>{text}</strong>" if bold else text

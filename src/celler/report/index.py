@@ -68,7 +68,8 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
             f'<h2>Results across tissues</h2><p class="headline">{html.escape(verdict(main))}</p>'
             + comparison_table(rows, lead=lead)
             + note(
-                f"Each tissue's test cells, means over {'/'.join(map(str, seeds))} seed(s) of the "
+                f"Each tissue's test cells, means over {'/'.join(map(str, seeds))} "
+                f"seed{'s' if seeds != [1] else ''} of the "
                 "evaluation table (<code>results/{tissue}/evaluation/metrics.tsv</code>); the best baseline "
                 f"is chosen per metric, tissue and level. Blue: Celler ahead, orange: behind, grey: level "
                 f"(within {TIE}). The first row of a tissue is its main (finest) label level; the "
@@ -80,7 +81,8 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
     missing = [t for t in reports if t not in set(rows.get("tissue", []))]
     if missing:
         body += "<h3>Without results</h3><ul>" + "".join(f"<li>{links[t]}</li>" for t in missing) + "</ul>"
-    html_text = page("Celler reports", f"{len(reports)} tissue(s): Celler against the baselines", body)
+    n = len(reports)
+    html_text = page("Celler reports", f"{n} tissue{'s' if n != 1 else ''}: Celler against the baselines", body)
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(html_text, encoding="utf-8")
     return out_html

@@ -40,7 +40,9 @@ th{background:#f2f5f8}
 td:first-child,th:first-child,.txt{text-align:left}
 tr.celler td{background:#fff6d6}
 tr.celler td.txt{font-weight:700}
-td.celler{background:#fff6d6;font-weight:600}
+td.celler{background:#fff6d6}
+.scroll{overflow-x:auto;max-width:100%}
+table.summary th,table.summary td{padding:4px 6px;font-size:.95em}
 td.ahead{background:#cfe3f3}
 td.behind{background:#fbd9bc}
 td.level{background:#ececec}
