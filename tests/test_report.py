@@ -27,6 +27,7 @@ from celler.model.novelty import NoveltyIndex
 from celler.report.figures import FIGURES, tissue_figures
 from celler.report.index import build_index
 from celler.report.inputs import load_tissue
+from celler.report.page import table
 from celler.report.tissue import build_tissue_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -653,3 +654,21 @@ def test_the_sentence_names_every_metric_where_celler_is_behind_and_says_one_see
     assert text.startswith("Against the best baseline (one seed), Celler's macro-F1 is higher than")
     assert "macro precision is lower than celltypist's by 0.079" in text
     assert "(one seed)" not in verdict(pd.DataFrame([row | {"n_seeds": 3}]))
+
+
+def test_per_class_rows_say_no_test_cells_instead_of_zeros():
+    """A class without test cells (pancreas Wang -> Xin: ductal, stellate predicted; acinar neither) shows "no
+    test cells" and no precision / recall / F1, instead of 0.000 rows or no row at all."""
+    from celler.report.sections import per_class_rows
+
+    per_class = pd.DataFrame({"class": ["alpha", "ductal"], "precision": [0.99, 0.0], "recall": [1.0, 0.0],
+                              "f1": [0.995, 0.0], "support": [285, 0], "train_count": [185, 86],
+                              "rare": [False, False]})
+    rows = per_class_rows(per_class, pd.Series({"alpha": 185, "ductal": 86, "acinar": 4})).set_index("class")
+    assert list(rows.index) == ["alpha", "ductal", "acinar"]
+    assert rows.loc["alpha", "f1"] == 0.995 and rows.loc["alpha", "note"] == ""
+    for c in ("ductal", "acinar"):
+        assert rows.loc[c, "note"] == "no test cells" and pd.isna(rows.loc[c, "f1"]), c
+    assert rows.loc["acinar", "train_count"] == 4
+    html = table(rows.reset_index())
+    assert "no test cells" in html and "0.000" not in html.split("ductal", 1)[1].split("</tr>", 1)[0]

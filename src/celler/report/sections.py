@@ -150,6 +150,27 @@ def training_section(inp: TissueInputs, shown: dict[str, str], facts: dict) -> s
     return f'<section id="training"><h2>Training</h2>{"".join(parts)}{shown["training_curves"]}</section>'
 
 
+def per_class_rows(per_class: pd.DataFrame, train_counts: pd.Series) -> pd.DataFrame:
+    """The per-class table as shown: a class without test cells says so (its precision, recall and F1 are
+    undefined, not 0), and a training class that is neither in the test cells nor predicted gets its row too."""
+    df = per_class.set_index("class") if "class" in per_class else per_class.copy()
+    missing = [c for c in train_counts.index.astype(str) if c not in df.index]
+    if missing:
+        extra = pd.DataFrame(index=pd.Index(missing, name=df.index.name))
+        extra["support"] = 0
+        df = pd.concat([df, extra])
+    if "train_count" in df:
+        df["train_count"] = train_counts.reindex(df.index.astype(str)).fillna(0).astype(int).to_numpy()
+    none = df["support"].fillna(0).astype(int).eq(0).to_numpy()
+    df["note"] = ["no test cells" if n else "" for n in none]
+    for col in ("precision", "recall", "f1"):
+        if col in df:
+            df[col] = df[col].astype(float).where(~none, float("nan"))
+    if "rare" in df:
+        df["rare"] = df["rare"].fillna(False)
+    return df.reset_index().rename(columns={"index": "class"})
+
+
 def results_section(
     inp: TissueInputs, summary: pd.DataFrame, shown: dict[str, str], facts: dict, rare_fraction: float
 ) -> str:
@@ -164,7 +185,10 @@ def results_section(
         else "One seed, so no spread is shown (set <code>evaluate.seeds: [0, 1, 2]</code> for mean ± std)."
     )
     per_class = "".join(
-        details(f"Celler per-class metrics ({level})", table(part.drop(columns="level")))
+        details(f"Celler per-class metrics ({level})",
+                table(per_class_rows(part.drop(columns="level"), inp.train_counts(level)))
+                + note("train_count: the training cells the model was fitted on, without the validation cells "
+                       "that chose its epoch and calibration (the class-size figure counts both)."))
         for level, part in inp.celler_per_class.groupby("level", sort=False)
     )
     result = facts["results"][inp.level]
