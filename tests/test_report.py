@@ -491,16 +491,17 @@ def test_index_summary_equals_the_evaluation_tables(reports):
     root, _, index = reports
     html = index.read_text()
     rows = _index_rows(html)
-    assert [(r[0], r[1]) for r in rows] == [
+    assert [(r[0], r[2]) for r in rows] == [
         ("pancreas", "subclass"),
         ("islets", "subclass"),
         ("islets", "parent"),
     ]
     for r in rows:
         ev = pd.read_csv(root / r[0] / "evaluation/metrics.tsv", sep="\t")
-        means = ev[ev["level"] == r[1]].groupby("method")[
+        assert r[1] == "profile readout, from scratch, ginf+hdm loss"  # which model made the calls
+        means = ev[ev["level"] == r[2]].groupby("method")[
             ["macro_f1", "macro_precision", "macro_recall", "rare_recall"]].mean()
-        for i, m in ((2, "macro_f1"), (6, "macro_precision"), (10, "macro_recall"), (14, "rare_recall")):
+        for i, m in ((3, "macro_f1"), (7, "macro_precision"), (11, "macro_recall"), (15, "rare_recall")):
             others = means.drop(index="celler")[m].dropna()
             if others.empty:  # no rare class in this level's test cells
                 assert r[i + 1] == "–"
@@ -509,16 +510,16 @@ def test_index_summary_equals_the_evaluation_tables(reports):
             assert (r[i + 1], r[i + 2]) == (f"{others.max():.3f}", others.idxmax())
             assert r[i + 3] == f"{means.loc['celler', m] - others.max():+.3f}".replace("-", "−")
         # beside them, what Celler's Unassigned rule leaves the user (Celler's own figures, no baseline has one)
-        kept = ev[(ev["level"] == r[1]) & (ev["method"] == "celler")][
+        kept = ev[(ev["level"] == r[2]) & (ev["method"] == "celler")][
             ["n_rare_test", "rare_recall_after_unassigned", "unassigned_share"]].mean()
-        assert r[18] == f"{kept.iloc[0]:,.0f}"  # the test cells rare recall rests on
-        assert r[19] == ("–" if pd.isna(kept.iloc[1]) else f"{kept.iloc[1]:.3f}")
-        assert r[20] == f"{kept.iloc[2]:.3f}"
+        assert r[19] == f"{kept.iloc[0]:,.0f}"  # the test cells rare recall rests on
+        assert r[20] == ("–" if pd.isna(kept.iloc[1]) else f"{kept.iloc[1]:.3f}")
+        assert r[21] == f"{kept.iloc[2]:.3f}"
     assert "Celler rare recall after Unassigned" in html and "<th>rare test cells</th>" in html
     # the better value of each pair is bold, whoever's it is; Celler's cell is not bold by itself
     first_row = re.findall(r"<tr>(.*?)</tr>", html.split("<tbody>", 1)[1])[0]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", first_row)
-    for i in (2, 6, 10):
+    for i in (3, 7, 11):
         celler, best = float(re.sub("<[^>]+>", "", cells[i])), float(re.sub("<[^>]+>", "", cells[i + 1]))
         if abs(celler - best) >= 0.01:
             assert ("<strong>" in cells[i], "<strong>" in cells[i + 1]) == (celler > best, best > celler)
@@ -654,6 +655,25 @@ def test_the_sentence_names_every_metric_where_celler_is_behind_and_says_one_see
     assert text.startswith("Against the best baseline (one seed), Celler's macro-F1 is higher than")
     assert "macro precision is lower than celltypist's by 0.079" in text
     assert "(one seed)" not in verdict(pd.DataFrame([row | {"n_seeds": 3}]))
+
+
+def test_model_summary_names_the_start_and_flags_anonymised_genes(tmp_path):
+    """The index names which model made each tissue's calls, and flags a tissue whose genes are anonymised
+    (CBMC's gene_000 ... gene_499): its marker plots cannot be read biologically."""
+    from celler.report.index import model_summary
+
+    d = tmp_path / "cbmc"
+    (d / "model").mkdir(parents=True)
+    (d / "model/config.json").write_text(json.dumps({
+        "finetune": {"readout": "programs+profile", "init": "pretrained"}, "pretrained": "results/cbmc/pretrained",
+        "chosen": {"loss": "ginf+hdm"}}))
+    (d / "model/genes.json").write_text(json.dumps([f"gene_{i:03d}" for i in range(500)]))
+    assert model_summary(d) == ("programs+profile readout, the tissue's own continued pretraining, ginf+hdm loss; "
+                                "anonymised genes (no biological markers)")
+    (d / "model/config.json").write_text(json.dumps({
+        "finetune": {"readout": "programs+profile"}, "pretrained": "results/pretrain/model", "chosen": {}}))
+    (d / "model/genes.json").write_text(json.dumps(["INS", "GCG", "SST"]))
+    assert model_summary(d) == "programs+profile readout, the shared pretraining, ? loss"
 
 
 def test_per_class_rows_say_no_test_cells_instead_of_zeros():

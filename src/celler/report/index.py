@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
     if len(rows):
         main = rows[rows["level"] == rows["main"]]
         seeds = sorted(set(rows["n_seeds"]))
-        lead = [("tissue", [f'<td class="txt">{links[t]}</td>' for t in rows["tissue"]])]
+        models = {t: model_summary(Path(r).parent) for t, r in reports.items()}
+        lead = [("tissue", [f'<td class="txt">{links[t]}</td>' for t in rows["tissue"]]),
+                ("model", [f'<td class="txt">{html.escape(models[t])}</td>' for t in rows["tissue"]])]
         body = (
             f'<h2>Results across tissues</h2><p class="headline">{html.escape(verdict(main))}</p>'
             + comparison_table(rows, lead=lead)
@@ -86,6 +89,31 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(html_text, encoding="utf-8")
     return out_html
+
+
+#: a gene list that is mostly names like gene_484 has no biological markers (CBMC's anonymised panel)
+ANONYMISED = re.compile(r"^gene_?\d+$", re.IGNORECASE)
+
+
+def model_summary(tissue_dir: Path) -> str:
+    """Which model made the calls (model/config.json): readout, where its weights started, the loss; and a flag
+    when the tissue's genes are anonymised (model/genes.json), so its marker plots cannot be read biologically."""
+    cfg_path, genes_path = tissue_dir / "model" / "config.json", tissue_dir / "model" / "genes.json"
+    if not cfg_path.exists():
+        return "–"
+    cfg = json.loads(cfg_path.read_text())
+    ft = cfg.get("finetune", {})
+    pretrained = str(cfg.get("pretrained") or "")
+    start = ("from scratch" if ft.get("init") == "scratch" or not pretrained
+             else "the tissue's own continued pretraining" if Path(pretrained).name == "pretrained"
+             else "the shared pretraining")
+    loss = (cfg.get("chosen") or {}).get("loss") or ft.get("loss", "?")
+    text = f"{ft.get('readout', '?')} readout, {start}, {loss} loss"
+    if genes_path.exists():
+        genes = json.loads(genes_path.read_text())
+        if genes and sum(bool(ANONYMISED.match(str(g))) for g in genes) > len(genes) / 2:
+            text += "; anonymised genes (no biological markers)"
+    return text
 
 
 def _link(tissue: str, report: Path, base: Path) -> str:
