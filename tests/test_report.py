@@ -297,6 +297,7 @@ def test_tissue_report_figures_and_content(reports):
         "Known markers of tissue 'Pancreas'",
         "Fine-tuning kept epoch 5",
         "batches of short cells",
+        "of the 90 steps after the first tenth",  # 100 steps: the first 10 are left out (not "warm-up")
         "Mean ± std over 2 seeds",
         "clean by construction",
     ):

@@ -138,7 +138,7 @@ def training_section(inp: TissueInputs, shown: dict[str, str], facts: dict) -> s
             note(
                 "The pretraining spikes are batches of short cells, not instabilities. Batches are "
                 "length-bucketed (little padding), so cells with fewer expressed genes than the model reads "
-                f"come together: {spikes['n_short']} of {spikes['n']} steps after warm-up hold such "
+                f"come together: {spikes['n_short']} of the {spikes['n']} steps after the first tenth hold such "
                 f"batches and average a loss of {spikes['short_loss']:.2f}{chance}, against "
                 f"{spikes['full_loss']:.2f} for full-length batches (correlation of the loss with the tokens "
                 f"per cell: {spikes['corr']:.2f}); a short cell gives the model little context to predict a "
@@ -246,7 +246,7 @@ def markers_section(panel: MarkerPanel, marker_tissue: str | None, shown: dict[s
         "<code>rank_genes_groups</code>, significant and up in the type, peaking there, most specific "
         "first), so both plots below share one gene panel and compare column by column. Ribosomal-protein "
         "and mitochondrial genes are left out"
-        + (f" ({len(panel.excluded)} genes here)" if panel.excluded else "")
+        + (f" ({len(panel.excluded)} gene{'s' if len(panel.excluded) != 1 else ''} here)" if panel.excluded else "")
         + ". <b>*</b>: a known marker (PanglaoDB, CellMarker 2.0, ScType) that this data confirms: up in its "
         "type against the rest and highest on average there. Dot size: share of the row's cells expressing "
         "the gene; colour: mean log-normalised expression over the gene's highest mean in either plot."
