@@ -163,11 +163,14 @@ def test_summarise_mean_std_over_seeds():
 def test_paper_tables_and_writers(tmp_path):
     t2 = table2(_runs())
     assert list(t2.columns[:3]) == ["tissue", "level", "method"]
-    assert {"precision_mean", "recall_std", "f1_mean", "n_seeds"} <= set(t2.columns)
-    assert t2.set_index("method").loc["celler", "f1_mean"] == pytest.approx(0.8)
+    # the columns say which average (macro) and the tables carry rare-class recall too
+    assert {"macro_precision_mean", "macro_recall_std", "macro_f1_mean", "rare_recall_mean", "n_seeds"} <= set(
+        t2.columns)
+    assert t2.set_index("method").loc["celler", "macro_f1_mean"] == pytest.approx(0.8)
     t3 = table3(_runs())
     assert list(t3.columns[:2]) == ["dataset", "method"]
-    assert "precision_mean" in t3
+    assert {"macro_f1_mean", "macro_precision_mean", "rare_recall_mean"} <= set(t3.columns)
+    assert "f1_mean" not in t3 and "macro_f1" in to_markdown(t3)
     t4 = table4(_runs())
     assert {"loss", "macro_f1_mean", "balanced_accuracy_std", "rare_recall_mean"} <= set(t4.columns)
     md = to_markdown(t2)
@@ -176,7 +179,7 @@ def test_paper_tables_and_writers(tmp_path):
     assert "–" in to_markdown(t4)  # rare recall undefined -> dash, not 'nan ± 0'
     tsv, mdp = write_table(t3, tmp_path / "table3.tsv")
     back = pd.read_csv(tsv, sep="\t")
-    assert back.set_index("method").loc["celler", "f1_mean"] == pytest.approx(0.8)
+    assert back.set_index("method").loc["celler", "macro_f1_mean"] == pytest.approx(0.8)
     assert "± " in mdp.read_text()
     with pytest.raises(CellerError, match="tissue"):
         table2(_runs().drop(columns="tissue"))
