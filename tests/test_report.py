@@ -402,6 +402,14 @@ def test_two_level_tissue_shows_both_levels(reports):
         for a in figs["confusion"].findobj(lambda a: hasattr(a, "get_images") and a.get_images())
     ]
     assert titles == ["Celler confusion matrix (subclass)", "Celler confusion matrix (parent)"]
+    # how the parent calls are made and how often a cell's two calls disagree, counted from predictions.tsv
+    pred = pd.read_csv(root / "islets/celler/predictions.tsv", sep="\t")
+    sub = pred[pred["level"] == "subclass"].set_index("cell")["predicted"]
+    par = pred[pred["level"] == "parent"].set_index("cell")["predicted"].reindex(sub.index)
+    share = float((sub.map(PARENT) != par).mean())
+    assert 0 < share < 1
+    assert f"{share:.1%} of the test cells" in html and "its own head" in html
+    assert "its own head" not in pages["pancreas"].read_text()  # one level: nothing to say
 
 
 def test_qc_and_confidence_facts_on_the_page(reports):

@@ -203,7 +203,7 @@ def results_section(
     how = (
         f"{what} {spread} Celler highlighted; the best value per level in bold. Rare recall: mean recall "
         f"over the classes below {rare_fraction:.0%} of the training cells."
-    )
+    ) + _levels_text(inp)
     return (
         '<section id="results"><h2>Results</h2>'
         f"<h3>Metrics</h3>{note(how)}{metric_table(summary)}"
@@ -213,6 +213,21 @@ def results_section(
         f"{shown['novelty']}{shown['confidence']}"
         "</section>"
     )
+
+
+def _levels_text(inp: TissueInputs) -> str:
+    """For a two-level tissue: how the parent calls are made and how often a cell's two calls disagree."""
+    from celler.evaluate.metrics import hierarchy_disagreement
+
+    sub_to_parent = inp.labels.get("subclass_to_parent") or {}
+    if "parent" not in inp.levels or not sub_to_parent:
+        return ""
+    sub = inp.predictions_at("subclass").set_index("cell")["predicted"]
+    par = inp.predictions_at("parent").set_index("cell")["predicted"]
+    share = hierarchy_disagreement(sub, par, sub_to_parent)
+    return (f" The parent level has its own head, trained with the subclass head on the same readout (not "
+            f"derived from the subclass call): {share:.1%} of the test cells ({round(share * len(sub)):,}) get a "
+            "parent call that is not their subclass call's parent.")
 
 
 def _unassigned_text(u: dict) -> str:
