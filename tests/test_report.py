@@ -327,7 +327,13 @@ def test_tissue_report_is_self_contained(reports):
     for src in srcs:  # each embedded image decodes to a drawn figure, not just the prefix
         assert_drawn(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     links = [h for h in re.findall(r'href="([^"#][^"]*)"', html)]
-    assert links == ["../report_index.html"]  # the only link out: the index page
+    # out of the page: the index, and the files its numbers come from, each a relative link that resolves
+    assert links[0] == "../report_index.html"
+    files = links[1:]
+    assert {"celler/predictions.tsv", "celler/metrics.tsv", "evaluation/metrics.tsv",
+            "model/calibration.json", "model/novelty.npz"} <= set(files)
+    page_dir = pages["pancreas"].parent
+    assert all((page_dir / f).is_file() for f in files), [f for f in files if not (page_dir / f).is_file()]
     assert not re.search(r"url\(|@import|https?://", html)
 
 

@@ -164,6 +164,9 @@ def test_annotate_rule_labels_the_queries(tokenized):
     label = a.obs["celler_label"].astype(str).to_numpy()
     assigned = label != "Unassigned"
     assert assigned.mean() > 0.95, assigned.mean()
+    # the tissue page links the annotated query (the report rule waits for it)
+    page = (tokenized / "results/pancreas/report.html").read_text()
+    assert 'href="../annotate/pancreas/pancreas_xin_scclassify.h5ad"' in page
     assert (label[assigned] == truth[assigned]).mean() > 0.93
 
 

@@ -48,6 +48,9 @@ rule report_tissue:
         pretrained=tissue_pretrained,
         evaluation=evaluation_inputs,
         markers=MARKER_TABLES,
+        # the tissue's annotated queries, so that the page can link them (QUERIES: annotate.smk)
+        queries=lambda wc: [f"results/annotate/{wc.tissue}/{q}.{ext}" for q in QUERIES.get(wc.tissue, {})
+                            for ext in ("h5ad", "csv")],
     output:
         html="results/{tissue}/report.html",
         qc="results/{tissue}/figures/qc.png",  # in the Snakemake report once, as 1. Data's QC figure

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -58,8 +59,36 @@ CAPTIONS = {
 }
 
 
-def summary_section(inp: TissueInputs) -> str:
-    """The result at a glance: Celler against the best baseline on this tissue, per level."""
+#: what a tissue page is made from, relative to results/{tissue}/ (linked where the file exists)
+SOURCES = {
+    "celler/predictions.tsv": "every test cell's call, confidence, novelty and flags",
+    "celler/metrics.tsv": "Celler's metrics",
+    "celler/per_class.tsv": "Celler's per-class metrics",
+    "evaluation/metrics.tsv": "every method and seed",
+    "evaluation/per_class.tsv": "every method's per-class metrics",
+    "model/calibration.json": "the confidence calibration (low-confidence thresholds)",
+    "model/novelty.npz": "the novelty index (the Unassigned cut)",
+    "model/config.json": "the fine-tuning settings",
+}
+
+
+def source_links(page_dir: Path, tissue_dir: Path) -> str:
+    """Relative links from the page to the files its numbers come from, and to the annotated queries
+    (results/annotate/{tissue}/), those that exist."""
+    import os
+
+    files = [(tissue_dir / rel, what) for rel, what in SOURCES.items()]
+    annotated = tissue_dir.parent / "annotate" / tissue_dir.name
+    files += [(f, "an annotated query") for f in sorted(annotated.glob("*.h5ad")) + sorted(annotated.glob("*.csv"))]
+    items = [f'<li><a href="{html.escape(Path(os.path.relpath(f, page_dir)).as_posix())}">'
+             f"{html.escape(Path(os.path.relpath(f, page_dir)).as_posix())}</a>: {html.escape(what)}</li>"
+             for f, what in files if f.exists()]
+    return f'<details><summary>Files behind this page</summary><ul>{"".join(items)}</ul></details>' if items else ""
+
+
+def summary_section(inp: TissueInputs, links: str = "") -> str:
+    """The result at a glance: Celler against the best baseline on this tissue, per level; ``links``: the
+    files it is made from (:func:`source_links`)."""
     if inp.eval_metrics is None or inp.eval_metrics.empty:
         body = note(
             "No baseline evaluation in this run (set <code>evaluate</code> in the config): Celler alone. "
@@ -69,7 +98,7 @@ def summary_section(inp: TissueInputs) -> str:
                 if m in inp.celler_metrics
             )
         )
-        return f'<section id="summary"><h2>Summary</h2>{body}</section>'
+        return f'<section id="summary"><h2>Summary</h2>{body}{links}</section>'
     rows = compare(inp.eval_metrics, inp.levels)
     main = rows[rows["level"] == inp.level]
     return (
@@ -79,6 +108,7 @@ def summary_section(inp: TissueInputs) -> str:
             "Means over the evaluation seeds on the same test cells; the best baseline is chosen per "
             "metric and level. Blue: Celler ahead, orange: behind, grey: level (within 0.01)."
         )
+        + links
         + "</section>"
     )
 

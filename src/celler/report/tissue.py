@@ -73,7 +73,7 @@ def build_tissue_report(
     log.info("wrote %d figures to %s", len(figs), fig_dir)
     body = "\n".join(
         [
-            sections.summary_section(inp),
+            sections.summary_section(inp, sections.source_links(out_html.parent, Path(results_dir) / tissue)),
             sections.data_section(inp, shown, class_counts(inp)),
             sections.training_section(inp, shown, facts),
             sections.results_section(inp, _metric_summary(inp), shown, facts, rare_fraction),
@@ -85,7 +85,7 @@ def build_tissue_report(
     back = Path(os.path.relpath(index_html, out_html.parent)).as_posix()
     html = page(
         f"Celler report: {tissue}",
-        "Cell-type annotation with a transformer trained for long-tailed labels",
+        "Cell-type annotation for long-tailed labels",
         body,
         sections.NAV,
         back=back,
