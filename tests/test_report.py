@@ -286,9 +286,16 @@ def test_tissue_report_figures_and_content(reports):
     for name in FIGURES:
         assert_drawn(root / "pancreas/figures" / f"{name}.png")
         assert f'alt="{FIGURES[name]}"' in html
-    for section in ("summary", "data", "training", "results", "embeddings", "markers", "provenance"):
+    order = ("summary", "results", "markers", "embeddings", "data", "training", "provenance")
+    for section in order:
         assert f'id="{section}"' in html
         assert f'href="#{section}"' in html
+    # the result, the confusion matrix and the markers come before QC, vocabulary and training curves
+    assert "<details open><summary>Celler per-class metrics (subclass)" in html  # shown, not collapsed
+    at = [html.index(f'id="{section}"') for section in order]
+    assert at == sorted(at), at
+    assert html.index('alt="Confusion matrix"') < html.index('alt="Marker genes by true label"') < html.index(
+        'alt="Quality control"') < html.index('alt="Training curves"')
     for text in (
         "cells before QC",
         "Vocabulary coverage",

@@ -162,8 +162,8 @@ def cards(items: Sequence[tuple[str, object]]) -> str:
     )
 
 
-def details(summary: str, body: str) -> str:
-    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
+def details(summary: str, body: str, *, open_: bool = False) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
 def note(text: str) -> str:

@@ -13,13 +13,13 @@ from celler.report.comparison import HEADLINE, compare, comparison_table, verdic
 from celler.report.inputs import TissueInputs
 from celler.report.page import cards, details, metric_table, names, note, table
 
-NAV = [
+NAV = [  # the page's order: the result and what backs it first, how it was made after
     ("summary", "Summary"),
+    ("results", "Results"),
+    ("markers", "Marker genes"),
+    ("embeddings", "Embeddings"),
     ("data", "Data"),
     ("training", "Training"),
-    ("results", "Results"),
-    ("embeddings", "Embeddings"),
-    ("markers", "Marker genes"),
     ("provenance", "Provenance"),
 ]
 
@@ -218,7 +218,7 @@ def results_section(
         details(f"Celler per-class metrics ({level})",
                 table(per_class_rows(part.drop(columns="level"), inp.train_counts(level)))
                 + note("train_count: the training cells the model was fitted on, without the validation cells "
-                       "that chose its epoch and calibration (the class-size figure counts both)."))
+                       "that chose its epoch and calibration (the class-size figure counts both)."), open_=True)
         for level, part in inp.celler_per_class.groupby("level", sort=False)
     )
     result = facts["results"][inp.level]

@@ -73,12 +73,13 @@ def build_tissue_report(
     log.info("wrote %d figures to %s", len(figs), fig_dir)
     body = "\n".join(
         [
+            # what a biologist reads first: the result, its details, the markers; how it was made after
             sections.summary_section(inp, sections.source_links(out_html.parent, Path(results_dir) / tissue)),
+            sections.results_section(inp, _metric_summary(inp), shown, facts, rare_fraction),
+            sections.markers_section(facts["panel"], marker_tissue, shown),
+            sections.embeddings_section(shown),
             sections.data_section(inp, shown, class_counts(inp)),
             sections.training_section(inp, shown, facts),
-            sections.results_section(inp, _metric_summary(inp), shown, facts, rare_fraction),
-            sections.embeddings_section(shown),
-            sections.markers_section(facts["panel"], marker_tissue, shown),
             provenance_section(inp, run_config),
         ]
     )
