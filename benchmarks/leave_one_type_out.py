@@ -13,20 +13,22 @@ pancreas and Kang types are lineages of their own). Each fold scores, per cell, 
 * ``confidence`` (1 - calibrated top probability; the control) and ``today`` (the per-class confidence rule
   of ``celler.model.calibration``, the ``Unassigned`` rule before this benchmark);
 * ``energy`` (-T logsumexp(z / T), Liu et al. 2020);
-* ``knn_programs`` (``celler.model.novelty``: k-NN distance in the program view's principal-axis space, each
-  class on its own scale), ``knn_programs_unscaled`` (the same distances, one scale for all);
-* ``knn_embedding`` (the same per-class k-NN in the classifier's readout vector);
-* ``mahalanobis`` (per-class means, tied covariance, in principal-axis space; Lee et al. 2018);
+* ``knn_embedding`` (``celler.model.novelty``, the default: k-NN distance in the classifier's readout vector,
+  each type on its own scale);
+* ``knn_programs`` / ``knn_pca50`` (the same in the program view's principal axes / in 50 principal axes),
+  and ``_unscaled`` (the same distances, one scale for all);
+* ``mahalanobis_programs`` / ``mahalanobis_pca50`` (per-type means, tied covariance; Lee et al. 2018);
 * ``reconstruction`` (share of the centred profile outside the principal subspace);
 * ``celltypist`` (1 - its top probability; ``Unassigned`` when no class reaches 0.5).
 
-A score's cut is the 98% quantile of its validation cells (known types held out of training), the rule
-``celler.model.novelty`` uses. Reported on the test cells: novelty AUROC (left-out type vs known types),
+A score's cut is the 98% quantile of its validation cells (known types held out of training); the default's
+is exactly the one ``celler.model.novelty`` sets (training cells join below 50 validation cells). Reported on the test cells: novelty AUROC (left-out type vs known types),
 share of the left-out type and of the known cells ``Unassigned`` at that cut, and the share of the left-out
 type above the cut that leaves 3% of the known test cells; on the ``none`` folds, the known cells left
 ``Unassigned`` and the rare-class recall before and after. The tuning AUROC uses the left-out type's
-*training* cells (never trained on in that fold) against the validation cells: defaults are chosen on it,
-never on the test rows. Per-fold tables go to ``results/loto/``; the summary is appended to RESULTS.md.
+*training* cells (never trained on in that fold) against the validation cells, weighted to the training
+cells' type shares: defaults are chosen on it (and on the left-out training cells' share above the cut and
+the rare-type validation cells' share), never on the test rows. Per-fold tables go to ``results/loto/``; the summary is appended to RESULTS.md.
 """
 
 from __future__ import annotations
