@@ -197,7 +197,7 @@ def per_class_rows(per_class: pd.DataFrame, train_counts: pd.Series) -> pd.DataF
         if col in df:
             df[col] = df[col].astype(float).where(~none, float("nan"))
     if "rare" in df:
-        df["rare"] = df["rare"].fillna(False)
+        df["rare"] = df["rare"].eq(True)  # a row added here has no flag: not rare
     return df.reset_index().rename(columns={"index": "class"})
 
 
