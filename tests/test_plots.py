@@ -323,6 +323,17 @@ def test_confidence_by_class_shows_the_unassigned_share(tmp_path):
         share = mask[pred["predicted"] == c].mean()
         assert f"{share:.0%} of {n}" in texts
     assert f"{mask.mean():.0%} of the test cells" in ax.get_title(loc="left")
+    # by true type: the rows are the true types, the shares those of each type's cells, no per-row cut bar
+    # (a type's cells are held to their predicted classes' thresholds)
+    fig = plots.confidence_by_class(pred, unassigned=mask, thresholds=cuts, order=["beta", "alpha"], by="true")
+    _saved(fig, tmp_path, "confidence_true")
+    ax = fig.axes[0]
+    assert _labels(ax, "y") == ["beta", "alpha", "delta"] and ax.get_ylabel() == "true type"
+    texts = {t.get_text() for t in ax.texts}
+    for c in ("alpha", "beta", "delta"):
+        part = mask[(pred["true"] == c).to_numpy()]
+        assert f"{part.mean():.0%} of {len(part)}" in texts
+    assert not [line for line in ax.get_lines() if line.get_color() == "black" and line.get_linewidth() == 1.6]
 
 
 def test_novelty_by_type_draws_the_cut_and_each_types_share_above_it(tmp_path):

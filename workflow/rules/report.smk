@@ -59,6 +59,7 @@ rule report_tissue:
         f1_vs_size=report_figure("f1_vs_size", "3 per-class F1 vs class size"),
         confusion=report_figure("confusion", "4 confusion matrix"),
         confidence=report_figure("confidence", "5 confidence and low-confidence calls"),
+        confidence_true=report_figure("confidence_true", "5 confidence by true type"),
         novelty=report_figure("novelty", "5 novelty and Unassigned"),
         umap=report_figure("umap", "6 UMAP of the embeddings"),
         dotplot_true=report_figure("dotplot_true", "7 marker genes, true labels"),

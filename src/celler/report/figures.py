@@ -23,6 +23,7 @@ FIGURES = {
     "f1_vs_size": "Per-class F1 vs class size",
     "confusion": "Confusion matrix",
     "confidence": "Confidence and low-confidence calls",
+    "confidence_true": "Confidence by true type",
     "novelty": "Novelty and Unassigned cells",
     "umap": "UMAP of the Celler embeddings",
     "dotplot_true": "Marker genes by true label",
@@ -89,7 +90,7 @@ def tissue_figures(
         "f1_vs_size": plots.f1_vs_size(per_class, title=f"Per-class F1 vs training class size ({level})"),
         "confusion": plots.confusion_figure({lv: r["confusion"] for lv, r in results.items()}),
     }
-    figs["confidence"], unassigned = _confidence(inp)
+    (figs["confidence"], figs["confidence_true"]), unassigned = _confidence(inp)
     figs["novelty"] = plots.novelty_by_type(inp.predictions_at(), cut=inp.novelty_cut, order=inp.order())
     figs["umap"] = _umap(inp)
     dots, panel, notes = _marker_figures(inp, known)
@@ -125,7 +126,7 @@ def pretrain_spikes(log: pd.DataFrame | None) -> dict | None:
     }
 
 
-def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
+def _confidence(inp: TissueInputs) -> tuple[tuple[Figure, Figure], dict]:
     """The confidence figure (the low-confidence flag at the stored thresholds, celler.model.calibration) and
     the facts of the Unassigned rule (novelty above the model's cut, celler.model.novelty)."""
     from celler.model.calibration import DEFAULT_THRESHOLD, low_confidence
@@ -141,6 +142,7 @@ def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
     cuts = pred["predicted"].astype(str).map(lambda c: float(per_class.get(c, default))).to_numpy()
     right = (pred["true"].astype(str) == pred["predicted"].astype(str)).to_numpy()
     fig = plots.confidence_by_class(pred, unassigned=low, thresholds=cuts, order=inp.order())
+    by_true = plots.confidence_by_class(pred, unassigned=low, thresholds=cuts, order=inp.order(), by="true")
     facts = {
         "share": float(mask.mean()) if len(mask) else float("nan"),
         "n": int(mask.sum()),
@@ -153,7 +155,7 @@ def _confidence(inp: TissueInputs) -> tuple[Figure, dict]:
         "wrong_caught": float(mask[~right].mean()) if (~right).any() else float("nan"),
         "right_lost": float(mask[right].mean()) if right.any() else float("nan"),
     }
-    return fig, facts
+    return (fig, by_true), facts
 
 def _umap(inp: TissueInputs) -> Figure:
     by_cell = inp.predictions_at().set_index("cell")

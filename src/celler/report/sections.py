@@ -44,6 +44,9 @@ CAPTIONS = {
     "confidence": "Confidence of each test-cell call by predicted class, right and wrong calls apart; the "
     "black bar is the class's low-confidence threshold (celler annotate flags a call below it in "
     "low_confidence and keeps its label); the share on the right is the class's calls it flags.",
+    "confidence_true": "The same confidences by true type: a type whose cells are often called with little "
+    "confidence (a rare or a mixed-up type) shows here, whatever they were called; the share on the right is "
+    "the type's cells flagged low_confidence (held to their predicted class's threshold).",
     "novelty": "Novelty of each test cell by its true type: the squared distance to the nearest training "
     "type in the tissue's principal-axis space; the black line is the cut above which celler annotate "
     "labels a cell Unassigned (set so that 2% of the validation cells pass it); the share on the right "
@@ -240,7 +243,7 @@ def results_section(
         f"<h3>Per-class F1 vs class size</h3>{shown['f1_vs_size']}{per_class}"
         f"<h3>Confusion matrix</h3>{open_set}{shown['confusion']}"
         f"<h3>Unassigned cells and low-confidence calls</h3>{note(_unassigned_text(facts['unassigned']))}"
-        f"{shown['novelty']}{shown['confidence']}"
+        f"{shown['novelty']}{shown['confidence']}{shown['confidence_true']}"
         "</section>"
     )
 

@@ -228,13 +228,15 @@ def confidence_by_class(
     unassigned: np.ndarray,
     thresholds: Sequence[float],
     order: Sequence[str] | None = None,
+    by: str = "predicted",
 ) -> Figure:
-    """Per predicted class: the confidence of each test cell (right calls and wrong calls apart), the class's
-    Unassigned threshold, and the share of its calls the threshold leaves ``Unassigned``.
+    """Per predicted class (``by="true"``: per true type): the confidence of each test cell (right calls and
+    wrong calls apart), the class's low-confidence threshold (by predicted class only: a true type's cells
+    are held to their predicted classes' thresholds), and the share of its cells flagged ``low_confidence``.
 
-    ``pred``: ``predicted, true, confidence``; ``unassigned``: per cell, below its class's threshold;
-    ``thresholds``: per cell, the threshold that applied. The confidence axis is a logit scale, so that 0.99
-    and 0.999 (where thresholds sit) are apart.
+    ``pred``: ``predicted, true, confidence``; ``unassigned``: per cell, flagged (below its predicted class's
+    threshold); ``thresholds``: per cell, the threshold that applied. The confidence axis is a logit scale, so
+    that 0.99 and 0.999 (where thresholds sit) are apart.
     """
     if pred.empty:
         return empty_figure("no test cells")
@@ -246,7 +248,8 @@ def confidence_by_class(
         cut=np.asarray(thresholds, dtype=float),
         shown=pred["confidence"].astype(float).clip(1e-4, 1 - CONFIDENCE_FLOOR),
     )
-    present = set(df["predicted"].astype(str))
+    df[by] = df[by].astype(str)
+    present = set(df[by])
     order = list(order) if order is not None else sorted(present)
     classes = [c for c in order if c in present] + sorted(present - set(order))
     n = len(classes)
@@ -255,7 +258,7 @@ def confidence_by_class(
     ax = fig.add_subplot()
     ax.set_xscale("logit")
     colours = {"right": OKABE_ITO[4], "wrong": OKABE_ITO[5]}
-    common = {"data": df, "x": "shown", "y": "predicted", "order": classes, "ax": ax}
+    common = {"data": df, "x": "shown", "y": by, "order": classes, "ax": ax}
     sns.stripplot(
         **common,
         hue="call",
@@ -268,11 +271,12 @@ def confidence_by_class(
         legend=True,
     )
     sns.boxplot(**common, fill=False, showfliers=False, width=0.7, color="0.25", linewidth=0.8)
-    by = df.groupby("predicted")
+    groups = df.groupby(by)
     for i, c in enumerate(classes):
-        part = by.get_group(c)
-        cut = float(part["cut"].iloc[0])
-        ax.plot([cut, cut], [i - 0.42, i + 0.42], color="black", lw=1.6, zorder=5)
+        part = groups.get_group(c)
+        if by == "predicted":
+            cut = float(part["cut"].iloc[0])
+            ax.plot([cut, cut], [i - 0.42, i + 0.42], color="black", lw=1.6, zorder=5)
         share = part["unassigned"].mean()
         ax.text(
             1.02,
@@ -286,7 +290,7 @@ def confidence_by_class(
     ax.text(
         1.02,
         -0.55,
-        "Unassigned",
+        "flagged",
         transform=ax.get_yaxis_transform(),
         va="bottom",
         fontsize=fs - 1,
@@ -298,12 +302,14 @@ def confidence_by_class(
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="confidence of the call (predictions.tsv; logit scale)", ylabel="predicted class")
+    what = "predicted class" if by == "predicted" else "true type"
+    ax.set(xlabel="confidence of the call (predictions.tsv; logit scale)", ylabel=what)
     ax.tick_params(axis="y", labelsize=fs)
     ax.grid(axis="x", color="0.92")
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="black", lw=1.6))
-    labels.append("Unassigned threshold")
+    if by == "predicted":
+        handles.append(Line2D([], [], color="black", lw=1.6))
+        labels.append("low-confidence threshold")
     ax.get_legend().remove()
     fig.legend(
         handles,
@@ -314,7 +320,7 @@ def confidence_by_class(
         frameon=False,
     )
     ax.set_title(
-        f"Confidence by predicted class ({df['unassigned'].mean():.0%} of the test cells below the "
+        f"Confidence by {what} ({df['unassigned'].mean():.0%} of the test cells below the "
         "threshold)",
         fontsize=10.5,
         loc="left",
