@@ -56,7 +56,6 @@ KNOWN_BUDGET = 0.03  # the "at 3% of known cells" column
 CANDIDATES = ["confidence", "today", "energy", "knn_programs", "knn_programs_unscaled", "knn_pca50",
               "knn_pca50_unscaled", "knn_embedding", "mahalanobis_programs", "mahalanobis_pca50", "reconstruction",
               "celltypist"]
-K_NEIGHBOURS = 10  # the k-NN candidates' neighbours per class
 DEFAULT = "knn_embedding"  # what celler.model.novelty computes
 N_WIDE = 50  # principal axes of the wider space the k-NN candidates are also measured in
 #: benchmarks whose every type is a lineage of its own (their type folds count as lineage folds too)

@@ -159,8 +159,7 @@ def scalar_row(result: dict) -> dict:
         "n_open": result["n_open"],
         # the test cells rare recall rests on, and what a user receives: the share of known-type cells left
         # Unassigned, rare recall counting them wrong
-        "n_rare_test": int(result["per_class"].loc[result["per_class"]["rare"].astype(bool), "support"].sum())
-        if "per_class" in result else 0,
+        "n_rare_test": int(result["per_class"].loc[result["per_class"]["rare"].astype(bool), "support"].sum()),
         "unassigned_share": after.get("unassigned_share", np.nan),
         "rare_recall_after_unassigned": after.get("rare_recall", np.nan),
     }

@@ -341,9 +341,12 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
             "n_train": len(train_idx), "n_val": len(val_idx), "candidates": candidates}
     if cfg.posthoc_adjustment and len(val_idx):
         info["posthoc"] = posthoc_adjustment(model, store, val_idx, targets, counts, cfg)
-    calibration = calibrate_levels(model, store, val_idx, targets, cfg) if len(val_idx) else None
+    # one pass over the validation cells serves both rules: the confidence calibration reads their logits,
+    # the novelty cut their readout vectors
+    val_logits, val_emb = predict_logits(model, store, val_idx, cfg) if len(val_idx) else ({}, None)
+    calibration = calibrate_levels(model, val_logits, {k: t[val_idx] for k, t in targets.items()}) or None
     model.calibration = calibration or {}
-    model.novelty = fit_novelty(model, store, train_idx, val_idx, targets["subclass"], cfg)
+    model.novelty = fit_novelty(model, store, train_idx, targets["subclass"], cfg, val_emb)
     info["val_cells"] = cells.index[val_idx].tolist()
     save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows,
                     calibration=calibration)
@@ -386,25 +389,25 @@ def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
     return record
 
 
-def fit_novelty(model, store, train_idx, val_idx, labels, cfg) -> NoveltyIndex:
+def fit_novelty(model, store, train_idx, labels, cfg, val_emb) -> NoveltyIndex:
     """The novelty score's index over the training cells' readout vectors, its cut set on the validation
-    cells (celler.model.novelty)."""
+    cells' (``val_emb``; None without validation cells) (celler.model.novelty)."""
     _, emb = predict_logits(model, store, train_idx, cfg)
     index = NoveltyIndex.fit(emb, labels[train_idx], len(model.levels["subclass"]))
-    index.set_cut(index.score(predict_logits(model, store, val_idx, cfg)[1]) if len(val_idx) else np.zeros(0))
+    index.set_cut(index.score(val_emb) if val_emb is not None else np.zeros(0))
     log.info("novelty cut %.2f (%d training cells indexed, %d validation cells)", index.cut, len(train_idx),
-             len(val_idx))
+             0 if val_emb is None else len(val_emb))
     return index
 
 
-def calibrate_levels(model, store, val_idx, targets, cfg) -> dict:
-    """Per level: temperature and Unassigned threshold fitted on the validation cells (celler.model.calibration)."""
+def calibrate_levels(model, val_logits: dict, val_targets: dict) -> dict:
+    """Per level: temperature and low-confidence thresholds fitted on the validation cells' logits
+    (celler.model.calibration)."""
     from celler.model.calibration import calibrate
 
-    logits, _ = predict_logits(model, store, val_idx, cfg)
     # calibrate() ignores unlabelled cells (-1) and falls back to defaults when too few are left
-    return {level: calibrate(z, targets[level][val_idx], model.levels[level]) for level, z in logits.items()
-            if (targets[level][val_idx] >= 0).any()}
+    return {level: calibrate(z, val_targets[level], model.levels[level]) for level, z in val_logits.items()
+            if (val_targets[level] >= 0).any()}
 
 
 __all__ = ["FinetuneConfig", "build_classifier", "build_encoder", "finetune", "loss_candidates", "validation_split"]
