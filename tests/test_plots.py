@@ -336,6 +336,34 @@ def test_confidence_by_class_shows_the_unassigned_share(tmp_path):
     assert not [line for line in ax.get_lines() if line.get_color() == "black" and line.get_linewidth() == 1.6]
 
 
+def test_confidence_axis_follows_the_data_and_the_figure_takes_the_page_width(tmp_path):
+    """Calibrated confidences sit in a narrow band near 1: the axis spans them (and the thresholds), not 0.5 to
+    1 - 1e-5, so the dots use the axis's whole width, and the figure is as wide as the page."""
+    from scipy.special import logit
+
+    rng = np.random.default_rng(7)
+    pred = pd.DataFrame({"predicted": np.repeat(["alpha", "beta", "delta"], [50, 30, 20]),
+                         "confidence": 1 - 10 ** rng.uniform(-3.3, -1.3, 100)})  # 0.95 to 0.9995
+    pred["true"] = np.where(rng.random(100) < 0.85, pred["predicted"], "beta")
+    cuts = np.full(100, 0.97)
+    for by in ("predicted", "true"):
+        fig = plots.confidence_by_class(pred, unassigned=pred["confidence"].to_numpy() < 0.97, thresholds=cuts,
+                                        by=by)
+        _saved(fig, tmp_path, f"confidence_{by}")
+        assert fig.get_size_inches()[0] == pytest.approx(plots.PAGE_WIDTH_IN)
+        ax = fig.axes[0]
+        lo, hi = logit(ax.get_xlim())
+        data_lo, data_hi = logit(pred["confidence"].min()), logit(pred["confidence"].max())
+        span = data_hi - data_lo
+        assert data_lo - 0.05 * span < lo < data_lo and data_hi < hi < data_hi + 0.05 * span, (lo, hi)
+        # the dots drawn, in axes fraction: they reach from one end of the axis to the other
+        xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets())])
+        frac = ax.transAxes.inverted().transform(ax.transData.transform(np.c_[xs, np.zeros_like(xs)]))[:, 0]
+        assert frac.min() < 0.05 and frac.max() > 0.95, (frac.min(), frac.max())
+        ticks = [t for t in ax.get_xticks() if lo <= logit(t) <= hi]
+        assert len(ticks) >= 3  # labelled inside the range shown
+
+
 def test_novelty_by_type_draws_the_cut_and_each_types_share_above_it(tmp_path):
     rng = np.random.default_rng(5)
     pred = pd.DataFrame({"true": np.repeat(["alpha", "delta", "ductal"], [60, 8, 30]),

@@ -43,7 +43,8 @@ CAPTIONS = {
     "diagonal is the per-class recall.",
     "confidence": "Confidence of each test-cell call by predicted class, right and wrong calls apart; the "
     "black bar is the class's low-confidence threshold (celler annotate flags a call below it in "
-    "low_confidence and keeps its label); the share on the right is the class's calls it flags.",
+    "low_confidence and keeps its label); the share on the right is the class's calls it flags. The axis (logit "
+    "scale) spans the lowest to the highest confidence and threshold, so a narrow band near 1 fills it.",
     "confidence_true": "The same confidences by true type: a type whose cells are often called with little "
     "confidence (a rare or a mixed-up type) shows here, whatever they were called; the share on the right is "
     "the type's cells flagged low_confidence (held to their predicted class's threshold).",

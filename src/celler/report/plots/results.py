@@ -31,6 +31,8 @@ NAME_ALL_CLASSES = 20
 #: Confidences are drawn up to 1 - this (a logit axis cannot reach 1).
 CONFIDENCE_FLOOR = 1e-5
 N_WORST = 5
+#: Where the confidence axis may put a tick (those inside its limits are used).
+CONFIDENCE_TICKS = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 0.99999)
 
 
 def f1_vs_size(per_class: pd.DataFrame, *, title: str = "Per-class F1 vs training class size") -> Figure:
@@ -254,7 +256,7 @@ def confidence_by_class(
     classes = [c for c in order if c in present] + sorted(present - set(order))
     n = len(classes)
     fs = tick_size(n)
-    fig = Figure(figsize=(7.4 + text_width(classes, fs), 1.5 + 0.36 * n), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 1.5 + 0.36 * n), layout="constrained")  # the page's width
     ax = fig.add_subplot()
     ax.set_xscale("logit")
     colours = {"right": OKABE_ITO[4], "wrong": OKABE_ITO[5]}
@@ -296,10 +298,9 @@ def confidence_by_class(
         fontsize=fs - 1,
         fontweight="bold",
     )
-    low = float(min(df["shown"].min(), df["cut"].min()))
-    ticks = [t for t in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 0.9999) if t >= min(low, 0.5)]
-    ax.set_xlim(min(low, 0.5) * 0.95, 1 - CONFIDENCE_FLOOR)
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    lo, hi = confidence_limits(df["shown"], df["cut"])  # the same limits by predicted class and by true type
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator([t for t in CONFIDENCE_TICKS if lo <= t <= hi]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     what = "predicted class" if by == "predicted" else "true type"
@@ -328,6 +329,18 @@ def confidence_by_class(
     return fig
 
 
+def confidence_limits(values, cuts=(), *, pad: float = 0.03) -> tuple[float, float]:
+    """Limits of the confidence axis (logit scale): from the lowest to the highest of the confidences and the
+    thresholds drawn, ``pad`` of that span beyond each end, so that the values use the axis's whole width
+    (calibrated confidences sit in a narrow band near 1; a fixed 0.5 to 1 - 1e-5 axis left most of it empty)."""
+    v = np.clip(np.r_[np.asarray(values, float), np.asarray(cuts, float)], 1e-4, 1 - CONFIDENCE_FLOOR)
+    z = np.log(v / (1 - v))
+    lo, hi = float(z.min()), float(z.max())
+    margin = pad * (hi - lo) if hi > lo else 0.5
+    lo, hi = lo - margin, hi + margin
+    return 1 / (1 + np.exp(-lo)), 1 / (1 + np.exp(-hi))
+
+
 def novelty_by_type(pred: pd.DataFrame, *, cut: float, order: Sequence[str] | None = None) -> Figure:
     """Per true type: the novelty score of each test cell (celler.model.novelty), the cut above which
     ``celler annotate`` calls a cell ``Unassigned``, and the share of the type's cells above it. A type the
@@ -344,7 +357,7 @@ def novelty_by_type(pred: pd.DataFrame, *, cut: float, order: Sequence[str] | No
     order = list(order) if order is not None else []
     types = [c for c in order if c in present] + sorted(present - set(order))
     fs = tick_size(len(types))
-    fig = Figure(figsize=(7.4 + text_width(types, fs), 1.5 + 0.36 * len(types)), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 1.5 + 0.36 * len(types)), layout="constrained")  # as the confidence
     ax = fig.add_subplot()
     ax.set_xscale("log")
     common = {"data": df, "x": "shown", "y": "true", "order": types, "ax": ax}
