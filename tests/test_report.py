@@ -382,6 +382,30 @@ def test_both_dot_plots_share_the_training_gene_panel(reports):
     assert f"beta ({int((pred['true'] == 'beta').sum()):,})" in rows["true"]
 
 
+def test_every_confirmed_known_marker_is_plotted(reports):
+    """A known marker this data confirms is a column of both dot plots, starred, under its type, however many
+    the type has (INS for beta was confirmed on the page but left out of the plot: two known columns a type)."""
+    root, pages, _ = reports
+    inp = load_tissue("pancreas", root, None, evaluation=False)
+    known = mk.known_markers(inp.order(), mk.load_marker_tables(MARKERS_DIR), None, tissue="Pancreas", n=None)
+    figs, facts = tissue_figures(inp, known=known, qc_thresholds=None, rare_fraction=0.03)
+    panel = facts["panel"]
+    confirmed = panel.known[panel.known["status"] == mk.CONFIRMED]
+    assert ("beta", "INS") in set(zip(confirmed["label"], confirmed["gene"], strict=True))
+    assert (confirmed.groupby("label").size() > 2).any()  # more than the two known columns of before
+    plotted = panel.genes.set_index("gene")
+    for label, gene in zip(confirmed["label"], confirmed["gene"], strict=True):
+        assert plotted.loc[gene, "marker_of"] == label and plotted.loc[gene, "known"], (label, gene)
+    for by in ("true", "predicted"):
+        ticks = [t.get_text() for t in figs[f"dotplot_{by}"].axes[0].get_xticklabels()]
+        assert "INS*" in ticks
+        assert {f"{g}*" for g in confirmed["gene"]} <= set(ticks)
+    # the page's table lists INS as confirmed for beta: the plot above it has the column
+    html = pages["pancreas"].read_text()
+    beta_row = re.search(r"<td>beta</td>\s*<td>([^<]*)</td>", html[html.index(">confirmed here</th>"):])
+    assert beta_row and "INS" in beta_row.group(1).split(", ")
+
+
 def test_dot_plot_notes_name_rows_without_cells(reports):
     """Under the predicted-label plot: the classes never predicted, and those predicted but absent from the
     test truth with their call count; under the true-label plot, the classes without test cells."""

@@ -297,7 +297,8 @@ def markers_section(panel: MarkerPanel, marker_tissue: str | None, shown: dict[s
         "and mitochondrial genes are left out"
         + (f" ({len(panel.excluded)} gene{'s' if len(panel.excluded) != 1 else ''} here)" if panel.excluded else "")
         + ". <b>*</b>: a known marker (PanglaoDB, CellMarker 2.0, ScType) that this data confirms: up in its "
-        "type against the rest and highest on average there. Dot size: share of the row's cells expressing "
+        "type against the rest and highest on average there; every confirmed one (of a type's ten most listed) is "
+        "a column, so a type with many gets more columns. Dot size: share of the row's cells expressing "
         "the gene; colour: mean log-normalised expression over the gene's highest mean in either plot."
     )
     parts = [note(how)]

@@ -19,7 +19,8 @@ matching names are used. So ``"T cells"`` and ``"T helper cells"`` both fit ``"C
 ``"T helper cells"`` is kept; ``"Naive B cells"`` does not fit ``"CD19+ B"``. A known marker is *confirmed*
 (starred in the plots) only where this data agrees: significantly up in its type against the rest and
 highest on average in that type; the others are listed with what the data shows instead (highest in another
-type, absent from the gene panel, excluded, ...).
+type, absent from the gene panel, excluded, ...). Every confirmed marker is plotted, beyond the columns a
+type is given if need be (a confirmed INS left out of the beta columns misled).
 """
 
 from celler.evaluate.markers.panel import (

@@ -69,7 +69,8 @@ def anonymised(genes: Iterable[str]) -> bool:
 
 def marker_budget(n_groups: int, *, max_columns: int = 45) -> tuple[int, int]:
     """Data-driven and known markers per type: up to 3 + 2, fewer with many types so that the plot stays
-    within ``max_columns`` gene columns (the page width)."""
+    within ``max_columns`` gene columns (the page width). A type with more confirmed known markers gets them
+    all (:func:`marker_panel`), and the dot plot narrows its columns to stay on the page."""
     per = min(5, max(1, max_columns // max(n_groups, 1)))
     known = per // 2
     return per - known, known
@@ -88,10 +89,12 @@ def marker_panel(
 ) -> MarkerPanel:
     """Choose the marker genes of the groups of ``adata.obs[groupby]`` (the training cells by true label).
 
-    ``n_ranked`` data-driven genes per group (types with fewer than ``min_cells`` cells get none), then up to
-    ``n_known`` confirmed known markers from ``known`` (:func:`known_markers` output with ``n=None`` and no
-    gene filter, so that markers missing from the data are reported too); data-driven genes make up for the
-    known ones a type lacks. ``exclude``: a regular expression of genes never chosen (default
+    ``n_ranked + n_known`` genes per group (types with fewer than ``min_cells`` cells get none): every known
+    marker from ``known`` (:func:`known_markers` output with ``n=None`` and no gene filter, so that markers
+    missing from the data are reported too) that this data confirms among the type's
+    :data:`KNOWN_CANDIDATES` (all of them, even beyond ``n_known``: a confirmed marker is never left out of the
+    plot), and data-driven genes for the rest (none where the confirmed ones fill the type's columns);
+    ``n_known=0`` plots data-driven genes only. ``exclude``: a regular expression of genes never chosen (default
     :data:`EXCLUDE`; None keeps every gene). See the module docstring.
     """
     import scanpy as sc
@@ -134,12 +137,13 @@ def marker_panel(
     ok = status[status["status"] == CONFIRMED]
     rows, used, unclean = [], set(), []
     for g in groups:
-        mine = [x for x in ok.loc[ok["label"] == g, "gene"] if x not in used][:n_known]
+        # every confirmed known marker is plotted (the page lists them as confirmed: INS for beta was not)
+        mine = [x for x in ok.loc[ok["label"] == g, "gene"] if x not in used] if n_known else []
         cand = up[up["group"] == g]
         if cand.empty:  # nothing significant (a small type): its best up-regulated genes
             cand = ranks[(ranks["group"] == g) & (ranks["logfoldchanges"] > 0)]
         cand = cand.sort_values(["tier", "specific", "scores"], ascending=False, kind="stable")
-        n_data = n_ranked + n_known - len(mine)  # data-driven genes make up for missing known ones
+        n_data = max(n_ranked + n_known - len(mine), 0)  # data-driven genes make up for missing known ones
         cand = cand[~cand["names"].isin(used | set(mine))].head(n_data)
         picked = cand["names"].tolist()
         if not cand["clean"].any() and not mine:
