@@ -21,6 +21,7 @@ run_guarded(
         rare_fraction=sm.params.rare_fraction,
         run_config=sm.config,
         index_html=sm.params.index,
+        label_note=sm.params.label_note,
     ),
     log_path=sm.log[0],
 )

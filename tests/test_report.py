@@ -240,6 +240,10 @@ def make_results(
     return root
 
 
+#: a tissue's config label_note (the islets page has one)
+LABEL_NOTE = 'Labels from bulk correlation: FCGR3A tops "CD14+ Monocyte" <noisy>.'
+
+
 def _build(root: Path, tissue: str, **kw) -> Path:
     return build_tissue_report(
         tissue,
@@ -259,7 +263,9 @@ def reports(tmp_path_factory):
     root = make_results(tmp_path_factory.mktemp("results"), evaluation=True)
     make_results(root, "islets", evaluation=True, two_levels=True)
     pages = {
-        t: _build(root, t, qc_thresholds={"min_genes": 20, "min_counts": 500}) for t in ("pancreas", "islets")
+        t: _build(root, t, qc_thresholds={"min_genes": 20, "min_counts": 500},
+                  label_note=LABEL_NOTE if t == "islets" else None)
+        for t in ("pancreas", "islets")
     }
     index = build_index(["pancreas", "islets", "kidney"], root / "report_index.html")
     return root, pages, index
@@ -463,6 +469,36 @@ def test_qc_and_confidence_facts_on_the_page(reports):
     assert re.search(r"<td>finetune</td>\s*<td>1</td>\s*<td>12\.5</td>", html), "finetune wall time row"
     for package in ("torch", "scanpy", "anndata"):
         assert f"<td>{package}</td>" in html
+
+
+def test_label_note_is_a_warning_box_at_the_top_of_the_page(reports):
+    """A tissue's config label_note (pbmc68k: labels from bulk correlation) is a visible box in the summary,
+    before the result, escaped; the marker section points to it. A tissue without one has neither."""
+    _, pages, _ = reports
+    html = pages["islets"].read_text()
+    box = re.search(r'<div class="warning"[^>]*><b>([^<]*)</b> ([^<]*)</div>', html)
+    assert box, "no warning box"
+    assert unescape(box.group(2)) == LABEL_NOTE  # the config's text, escaped (its <noisy> is not a tag)
+    assert html.index('id="summary"') < box.start() < html.index('class="headline"') < html.index('id="markers"')
+    assert ".warning{" in html  # styled: it stands out
+    assert "Noisy labels" in html[html.index('id="markers"'):]
+    plain = pages["pancreas"].read_text()
+    assert 'class="warning"' not in plain and "Noisy labels" not in plain
+
+
+def test_label_note_is_a_config_key_of_a_tissue_and_pbmc68k_has_one():
+    import yaml
+
+    from celler.config import check_config
+
+    schema = ROOT / "workflow/schemas/config.schema.yaml"
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    check_config(config, schema)  # the shipped config, with its note, is valid
+    note = config["tissues"]["pbmc68k"]["label_note"]
+    assert "bulk" in note and "FCGR3A" in note and "CD14+ Monocyte" in note
+    config["tissues"]["pbmc68k"]["label_note"] = ["not", "text"]
+    with pytest.raises(CellerError, match=r"tissues\.pbmc68k\.label_note"):
+        check_config(config, schema)
 
 
 def test_tissue_report_without_evaluation_shows_celler_only(tmp_path):

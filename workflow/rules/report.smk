@@ -66,6 +66,7 @@ rule report_tissue:
         dotplot_predicted=report_figure("dotplot_predicted", "8 marker genes, predicted labels"),
     params:
         marker_tissue=lambda wc: config["tissues"][wc.tissue].get("marker_tissue"),
+        label_note=lambda wc: config["tissues"][wc.tissue].get("label_note"),
         rare_fraction=config.get("evaluate", {}).get("rare_fraction", 0.03),
         index="results/report_index.html",
     resources:

@@ -56,6 +56,7 @@ figure{margin:14px 0}
 figcaption{color:#444;font-size:.9em;max-width:1000px;margin-top:4px}
 img{display:block;max-width:100%;height:auto}
 .note{color:#555;font-size:.9em;max-width:1000px}
+.warning{max-width:1000px;border-left:4px solid #d55e00;background:#fdf0e6;padding:6px 12px;margin:12px 0}
 pre{background:#f6f8fa;padding:8px;font-size:.8em;max-width:1150px;overflow-x:auto}
 details{margin:8px 0}
 summary{cursor:pointer;color:#0b3d5c;font-weight:600}
@@ -168,6 +169,11 @@ def details(summary: str, body: str, *, open_: bool = False) -> str:
 
 def note(text: str) -> str:
     return f'<p class="note">{text}</p>'
+
+
+def warning(title: str, text: str) -> str:
+    """A box that stands out (orange rule, tinted): ``title`` in bold, then ``text`` (escaped)."""
+    return f'<div class="warning" role="note"><b>{html.escape(title)}</b> {html.escape(text)}</div>'
 
 
 def names(items, limit: int = 60) -> str:

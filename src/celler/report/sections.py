@@ -11,7 +11,7 @@ import pandas as pd
 from celler.evaluate.markers import CONFIRMED, MarkerPanel
 from celler.report.comparison import HEADLINE, compare, comparison_table, verdict
 from celler.report.inputs import TissueInputs
-from celler.report.page import cards, details, metric_table, names, note, table
+from celler.report.page import cards, details, metric_table, names, note, table, warning
 
 NAV = [  # the page's order: the result and what backs it first, how it was made after
     ("summary", "Summary"),
@@ -90,9 +90,15 @@ def source_links(page_dir: Path, tissue_dir: Path) -> str:
     return f'<details><summary>Files behind this page</summary><ul>{"".join(items)}</ul></details>' if items else ""
 
 
-def summary_section(inp: TissueInputs, links: str = "") -> str:
+#: The title of the box that shows a tissue's ``label_note`` (config.yaml).
+LABEL_NOTE = "These labels are known to be noisy."
+
+
+def summary_section(inp: TissueInputs, links: str = "", label_note: str | None = None) -> str:
     """The result at a glance: Celler against the best baseline on this tissue, per level; ``links``: the
-    files it is made from (:func:`source_links`)."""
+    files it is made from (:func:`source_links`); ``label_note``: the config's warning about this tissue's
+    labels, shown in a box above everything else."""
+    box = warning(LABEL_NOTE, label_note) if label_note else ""
     if inp.eval_metrics is None or inp.eval_metrics.empty:
         body = note(
             "No baseline evaluation in this run (set <code>evaluate</code> in the config): Celler alone. "
@@ -102,11 +108,11 @@ def summary_section(inp: TissueInputs, links: str = "") -> str:
                 if m in inp.celler_metrics
             )
         )
-        return f'<section id="summary"><h2>Summary</h2>{body}{links}</section>'
+        return f'<section id="summary"><h2>Summary</h2>{box}{body}{links}</section>'
     rows = compare(inp.eval_metrics, inp.levels)
     main = rows[rows["level"] == inp.level]
     return (
-        '<section id="summary"><h2>Summary</h2>'
+        f'<section id="summary"><h2>Summary</h2>{box}'
         f'<p class="headline">{html.escape(verdict(main, unit="level"))}</p>{comparison_table(rows)}'
         + note(
             "Means over the evaluation seeds on the same test cells; the best baseline is chosen per "
@@ -289,7 +295,9 @@ def embeddings_section(shown: dict[str, str]) -> str:
     return f'<section id="embeddings"><h2>Embeddings</h2>{shown["umap"]}</section>'
 
 
-def markers_section(panel: MarkerPanel, marker_tissue: str | None, shown: dict[str, str]) -> str:
+def markers_section(
+    panel: MarkerPanel, marker_tissue: str | None, shown: dict[str, str], label_note: str | None = None
+) -> str:
     how = (
         "Columns: genes chosen from the <b>training</b> cells grouped by their <b>true</b> label (Wilcoxon "
         "<code>rank_genes_groups</code>, significant and up in the type, peaking there, most specific "
@@ -302,6 +310,9 @@ def markers_section(panel: MarkerPanel, marker_tissue: str | None, shown: dict[s
         "the gene; colour: mean log-normalised expression over the gene's highest mean in either plot."
     )
     parts = [note(how)]
+    if label_note:  # the rows are the labels: a wrong label shows as a type "expressing" another's markers
+        parts.append(note('<b>Noisy labels</b>: the rows group cells by labels this page warns about (see '
+                          '<a href="#summary">Summary</a>); a marker lit in the "wrong" row may be wrong labels.'))
     if panel.anonymised:
         parts.append(
             note(

@@ -33,6 +33,7 @@ def build_tissue_report(
     qc_thresholds: Mapping[str, float] | None = None,
     run_config: Mapping | None = None,
     index_html: str | Path | None = None,
+    label_note: str | None = None,
 ) -> Path:
     """Write the HTML report of one tissue and its figures.
 
@@ -45,7 +46,8 @@ def build_tissue_report(
     ``markers_dir``: the tables' folder (default ``resources/markers``). ``rare_fraction``: the rare-class
     threshold the evaluation used. ``run_config``: the workflow configuration that ran (shown, and the
     source of ``qc_thresholds`` when those are not given). ``index_html``: the index page the report links
-    back to (default ``report_index.html`` one folder above the report's).
+    back to (default ``report_index.html`` one folder above the report's). ``label_note``: a warning about the
+    tissue's labels (config ``tissues.<tissue>.label_note``; default: ``run_config``'s), boxed at the top.
 
     Writes ``out_html`` and one PNG per entry of :data:`FIGURES` to ``figures_dir`` (default: ``figures/``
     next to ``out_html``). Returns the HTML path.
@@ -59,6 +61,8 @@ def build_tissue_report(
         from celler.config import all_datasets
 
         qc_thresholds = asdict(all_datasets(run_config)[tissue].qc)
+    if label_note is None and run_config:
+        label_note = ((run_config.get("tissues") or {}).get(tissue) or {}).get("label_note")
     inp = load_tissue(tissue, Path(results_dir), pretrain_log, evaluation=evaluation)
     figs, facts = tissue_figures(
         inp,
@@ -74,9 +78,11 @@ def build_tissue_report(
     body = "\n".join(
         [
             # what a biologist reads first: the result, its details, the markers; how it was made after
-            sections.summary_section(inp, sections.source_links(out_html.parent, Path(results_dir) / tissue)),
+            sections.summary_section(
+                inp, sections.source_links(out_html.parent, Path(results_dir) / tissue), label_note
+            ),
             sections.results_section(inp, _metric_summary(inp), shown, facts, rare_fraction),
-            sections.markers_section(facts["panel"], marker_tissue, shown),
+            sections.markers_section(facts["panel"], marker_tissue, shown, label_note),
             sections.embeddings_section(shown),
             sections.data_section(inp, shown, class_counts(inp)),
             sections.training_section(inp, shown, facts),
