@@ -26,7 +26,7 @@ from celler.evaluate.metrics import evaluate, scalar_row
 from celler.model.novelty import NoveltyIndex
 from celler.report.figures import FIGURES, tissue_figures
 from celler.report.index import build_index
-from celler.report.inputs import load_tissue
+from celler.report.inputs import load_tissue, run_predictions_path
 from celler.report.page import table
 from celler.report.tissue import build_tissue_report
 
@@ -221,8 +221,9 @@ def make_results(
         rows, pcs = [], []
         for method, acc in [("knn", 0.6), ("celler", 0.8), ("logreg", 0.85)]:
             for seed in (0, 1):
+                run = []  # the run's predictions.tsv, where the workflow's baseline rule writes it
                 for lv in level_names:
-                    _, m, pc = _scores(
+                    t, m, pc = _scores(
                         test_cells,
                         truth[lv][test],
                         _predict(truth[lv][test], classes[lv], rng, acc),
@@ -232,6 +233,11 @@ def make_results(
                     )
                     rows.append({"method": method, "imbalance": "natural", "seed": seed} | m)
                     pcs.append(pc.assign(method=method, imbalance="natural", seed=seed))
+                    run.append(t.drop(columns="unassigned", errors="ignore"))
+                if method != "celler":
+                    out = run_predictions_path(root, tissue, method, seed)
+                    out.parent.mkdir(parents=True)
+                    pd.concat(run).to_csv(out, sep="\t", index=False)
         (d / "evaluation").mkdir()
         pd.DataFrame(rows).drop(columns=["n_closed", "n_open"]).to_csv(
             d / "evaluation/metrics.tsv", sep="\t", index=False
@@ -444,7 +450,8 @@ def test_two_level_tissue_shows_both_levels(reports):
         a.get_title()
         for a in figs["confusion"].findobj(lambda a: hasattr(a, "get_images") and a.get_images())
     ]
-    assert titles == ["Celler confusion matrix (subclass)", "Celler confusion matrix (parent)"]
+    assert titles == ["Celler confusion matrix (subclass)", "logreg, best baseline (subclass)",
+                      "Celler confusion matrix (parent)", "logreg, best baseline (parent)"]
     # how the parent calls are made and how often a cell's two calls disagree, counted from predictions.tsv
     pred = pd.read_csv(root / "islets/celler/predictions.tsv", sep="\t")
     sub = pred[pred["level"] == "subclass"].set_index("cell")["predicted"]
@@ -453,6 +460,49 @@ def test_two_level_tissue_shows_both_levels(reports):
     assert 0 < share < 1
     assert f"{share:.1%} of the test cells" in html and "its own head" in html
     assert "its own head" not in pages["pancreas"].read_text()  # one level: nothing to say
+
+
+def test_best_baseline_confusion_matrix_beside_celler_s(reports):
+    """The confusion figure has the best baseline's matrix beside Celler's: the baseline the summary names for
+    macro-F1, its run's predictions on the same test cells, the same rows and columns in the same order, one
+    colour scale; the page says how many of Celler's wrong calls the baseline shares."""
+    from celler.report.comparison import best_baseline
+
+    root, pages, _ = reports
+    inp = load_tissue("pancreas", root, None, evaluation=True)
+    best = best_baseline(inp.eval_metrics, inp.levels)
+    html = pages["pancreas"].read_text()
+    summary = html[html.index('id="summary"'):html.index('id="results"')]
+    assert re.search(rf'<td class="txt">{best}</td>', summary)  # the summary's macro-F1 baseline is this one
+    figs, facts = tissue_figures(inp, known=None, qc_thresholds=None, rare_fraction=0.03)
+    fig = figs["confusion"]
+    heat = [a for a in fig.findobj(lambda a: hasattr(a, "get_images") and a.get_images())]
+    assert [a.get_title() for a in heat] == ["Celler confusion matrix (subclass)", f"{best}, best baseline (subclass)"]
+    celler_ax, base_ax = heat
+    ticks = [[t.get_text() for t in a.get_xticklabels()] for a in heat]
+    assert ticks[0] == ticks[1] and ticks[0][: len(inp.order())] == inp.order()  # same columns, same order
+    rows = [t.get_text().split(" (")[0] for t in celler_ax.get_yticklabels()]
+    assert not any(t.get_text() for t in base_ax.get_yticklabels())  # the rows line up: labelled once
+    # the baseline's panel is its run's predictions (seed 0, the seed of Celler's model), counted here
+    run = pd.read_csv(root / "runs/pancreas/natural" / best / "seed0/predictions.tsv", sep="\t", dtype=str)
+    run = run[run["level"] == "subclass"]
+    counts = pd.crosstab(run["true"], run["predicted"]).reindex(index=rows, columns=ticks[0], fill_value=0)
+    shares = counts.div(counts.sum(axis=1), axis=0).to_numpy()
+    assert np.allclose(base_ax.get_images()[0].get_array(), shares)
+    assert celler_ax.get_images()[0].get_array().shape == shares.shape
+    # one colour scale: the same map and limits, one colour bar for both
+    ims = [a.get_images()[0] for a in heat]
+    assert ims[0].get_clim() == ims[1].get_clim() == (0, 1) and ims[0].get_cmap().name == ims[1].get_cmap().name
+    assert len([a for a in fig.axes if a.get_label() == "<colorbar>"]) == 1
+    # the page's sentence, counted from the two prediction tables
+    cel = inp.predictions_at().set_index("cell")
+    both = cel.join(run.set_index("cell")["predicted"].rename("base"), how="inner")
+    cw, bw = both["predicted"] != both["true"], both["base"] != both["true"]
+    text = unescape(re.sub(r"<[^>]+>", "", html))
+    assert "the best baseline on macro-F1 (as in the summary)" in text
+    assert (f"Celler gets {int(cw.sum()):,} of {len(both):,} cells wrong and {best} {int(bw.sum()):,}; "
+            f"{int((cw & bw).sum()):,} of Celler's wrong calls") in text
+    assert facts["baseline"]["method"] == best and facts["baseline"]["seed"] == 0
 
 
 def test_qc_and_confidence_facts_on_the_page(reports):

@@ -47,6 +47,9 @@ rule report_tissue:
         embeddings="results/{tissue}/celler/embeddings.npz",
         pretrained=tissue_pretrained,
         evaluation=evaluation_inputs,
+        # the baselines' runs: the best one's confusion matrix is drawn beside Celler's (celler.report.baseline)
+        runs=lambda wc: [r["predictions"] for r in run_table(wc.tissue, evaluation_plan(wc.tissue))
+                         if r["method"] != "celler"] if config.get("evaluate") else [],
         markers=MARKER_TABLES,
         # the tissue's annotated queries, so that the page can link them (QUERIES: annotate.smk)
         queries=lambda wc: [f"results/annotate/{wc.tissue}/{q}.{ext}" for q in QUERIES.get(wc.tissue, {})

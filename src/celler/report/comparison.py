@@ -57,6 +57,13 @@ def compare(metrics: pd.DataFrame, levels: list[str] | None = None) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def best_baseline(metrics: pd.DataFrame, levels: list[str] | None = None, metric: str = "macro_f1") -> str:
+    """The baseline the summary and the index name for ``metric`` at the main (first) level: :func:`compare`'s
+    choice (the highest mean over seeds); ``''`` when no baseline ran."""
+    rows = compare(metrics, levels)
+    return str(rows[f"{metric}_baseline"].iloc[0]) if len(rows) else ""
+
+
 def outcome(delta: float) -> str:
     """``ahead``, ``level`` or ``behind`` (within :data:`TIE`: level); ``''`` when undefined."""
     if pd.isna(delta):

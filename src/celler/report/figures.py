@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from celler.evaluate import markers as mk
 from celler.evaluate.metrics import evaluate
 from celler.report import plots
+from celler.report.baseline import best_baseline_run
 from celler.report.inputs import TissueInputs
 from celler.report.plots.base import PAGE_WIDTH_IN, text_width
 
@@ -60,7 +61,9 @@ def tissue_figures(
     inp: TissueInputs, *, known: pd.DataFrame | None, qc_thresholds: Mapping | None, rare_fraction: float
 ) -> tuple[dict[str, Figure], dict]:
     """Every figure of :data:`FIGURES`, and ``facts``: ``results`` (level -> :func:`celler.evaluate.metrics.evaluate`
-    result), ``selected`` (kept epoch row), ``spikes``, ``unassigned``, ``panel`` and ``marker_notes``."""
+    result), ``selected`` (kept epoch row), ``spikes``, ``unassigned``, ``panel``, ``marker_notes`` and
+    ``baseline`` (:func:`celler.report.baseline.best_baseline_run`, whose confusion tables are drawn beside
+    Celler's)."""
     level = inp.level
     results = {
         lv: evaluate(inp.predictions_at(lv), inp.train_counts(lv), rare_fraction=rare_fraction)
@@ -71,6 +74,7 @@ def tissue_figures(
         if inp.eval_per_class is not None
         else inp.celler_per_class[inp.celler_per_class["level"] == level].assign(method="celler")
     )
+    base = best_baseline_run(inp, rare_fraction=rare_fraction)  # drawn beside Celler's confusion matrices
     chosen = (inp.model_config or {}).get("chosen", {}).get("val_macro_f1")
     selected = plots.selected_epoch(inp.finetune_log, chosen)
     n_bins = ((inp.pretrain_config or {}).get("model") or {}).get("n_bins")
@@ -88,7 +92,11 @@ def tissue_figures(
             else plots.SHARED_PRETRAINING,
         ),
         "f1_vs_size": plots.f1_vs_size(per_class, title=f"Per-class F1 vs training class size ({level})"),
-        "confusion": plots.confusion_figure({lv: r["confusion"] for lv, r in results.items()}),
+        "confusion": plots.confusion_figure(
+            {lv: r["confusion"] for lv, r in results.items()},
+            baselines={lv: r["confusion"] for lv, r in (base["results"] if base else {}).items()},
+            baseline=base["method"] if base else "",
+        ),
     }
     (figs["confidence"], figs["confidence_true"]), unassigned = _confidence(inp)
     figs["novelty"] = plots.novelty_by_type(inp.predictions_at(), cut=inp.novelty_cut, order=inp.order())
@@ -102,6 +110,7 @@ def tissue_figures(
         "unassigned": unassigned,
         "panel": panel,
         "marker_notes": notes,
+        "baseline": base,
     }
     return figs | dots, facts
 

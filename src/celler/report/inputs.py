@@ -55,6 +55,11 @@ def evaluation_tables(tissue_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFra
     return out[0], out[1]
 
 
+def run_predictions_path(results_dir: Path, tissue: str, method: str, seed: int) -> Path:
+    """Where the workflow's ``baseline`` rule writes a run's predictions (workflow/rules/evaluate.smk)."""
+    return Path(results_dir) / "runs" / tissue / "natural" / method / f"seed{int(seed)}" / "predictions.tsv"
+
+
 @dataclass
 class TissueInputs:
     """Everything a tissue report reads."""
@@ -104,6 +109,12 @@ class TissueInputs:
     def predictions_at(self, level: str | None = None) -> pd.DataFrame:
         p = self.predictions
         return p[p["level"] == (level or self.level)] if "level" in p else p
+
+    def run_predictions(self, method: str, seed: int) -> pd.DataFrame | None:
+        """The prediction table of one evaluation run at natural imbalance
+        (``results/runs/{tissue}/natural/{method}/seed{seed}/predictions.tsv``), or None where absent."""
+        path = run_predictions_path(self.results_dir, self.tissue, method, seed)
+        return read_tsv(path, dtype={"cell": str, "true": str, "predicted": str}) if path.exists() else None
 
     def train_counts(self, level: str) -> pd.Series:
         return pd.Series(self.labels["class_counts"][level], index=self.labels["levels"][level])

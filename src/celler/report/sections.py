@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from celler.evaluate.markers import CONFIRMED, MarkerPanel
+from celler.report.baseline import baseline_note
 from celler.report.comparison import HEADLINE, compare, comparison_table, verdict
 from celler.report.inputs import TissueInputs
 from celler.report.page import cards, details, metric_table, names, note, table, warning
@@ -40,7 +41,8 @@ CAPTIONS = {
     "handled.",
     "confusion": "Each cell: test cells of the true class (row, with its total) predicted as the column's "
     "label, and that count as a share of the row (colour; '>.99' is just below 1, '1' exactly all). The "
-    "diagonal is the per-class recall.",
+    "diagonal is the per-class recall. Beside (or below) Celler's, where baselines ran: the best baseline's on "
+    "the same test cells, with the same rows, columns and colour scale, so a shared error sits in the same cell.",
     "confidence": "Confidence of each test-cell call by predicted class, right and wrong calls apart; the "
     "black bar is the class's low-confidence threshold (celler annotate flags a call below it in "
     "low_confidence and keeps its label); the share on the right is the class's calls it flags. The axis (logit "
@@ -248,7 +250,7 @@ def results_section(
         '<section id="results"><h2>Results</h2>'
         f"<h3>Metrics</h3>{note(how)}{metric_table(summary)}"
         f"<h3>Per-class F1 vs class size</h3>{shown['f1_vs_size']}{per_class}"
-        f"<h3>Confusion matrix</h3>{open_set}{shown['confusion']}"
+        f"<h3>Confusion matrix</h3>{open_set}{note(baseline_note(facts.get('baseline'), inp))}{shown['confusion']}"
         f"<h3>Unassigned cells and low-confidence calls</h3>{note(_unassigned_text(facts['unassigned']))}"
         f"{shown['novelty']}{shown['confidence']}{shown['confidence_true']}"
         "</section>"

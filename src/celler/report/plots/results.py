@@ -1,12 +1,12 @@
-"""Figures of the results: per-class F1 against class size, confusion matrices, confidence by class."""
+"""Figures of the results: per-class F1 against class size, confidence by class, novelty by type (the
+confusion matrices: :mod:`~celler.report.plots.confusion`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
@@ -14,15 +14,12 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from celler.report.plots.base import (
     CELLER_COLOUR,
     CELLER_MARKER,
-    CONTINUOUS,
     MARKERS,
     OKABE_ITO,
     PAGE_WIDTH_IN,
     empty_figure,
     log_axis,
     palette,
-    text_colour,
-    text_width,
     tick_size,
 )
 
@@ -138,90 +135,6 @@ def _name_classes(
             fontsize=fs,
             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 0},
         )
-
-
-def fraction_label(v: float) -> str:
-    """A row fraction as printed in a cell: '1' only when exact, '>.99' just below, '<.01' just above 0."""
-    if v >= 1:
-        return "1"
-    if v >= 0.995:
-        return ">.99"
-    if v < 0.005:
-        return "<.01" if v > 0 else "0"
-    return f"{v:.2f}"[1:]
-
-
-def confusion_heatmap(confusion: pd.DataFrame, *, title: str = "Confusion matrix", ax=None) -> Figure:
-    """Heatmap of a true x predicted count table: colour = share of the true class (row), each cell printed
-    with its count and row fraction (up to 25 classes); rows are labelled with their cell counts."""
-    if confusion.empty:
-        return empty_figure("no test cells")
-    counts = confusion.to_numpy(dtype=float)
-    totals = counts.sum(axis=1, keepdims=True)
-    norm = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    n_rows, n_cols = norm.shape
-    fs = tick_size(max(n_rows, n_cols))
-    rows = [f"{r} ({int(t):,})" for r, t in zip(confusion.index, totals.ravel(), strict=True)]
-    fig = (
-        ax.get_figure() if ax is not None else Figure(figsize=confusion_size(confusion), layout="constrained")
-    )
-    ax = ax if ax is not None else fig.add_subplot()
-    cmap = colormaps[CONTINUOUS]
-    im = ax.imshow(norm, cmap=cmap, vmin=0, vmax=1, aspect="equal", interpolation="nearest")
-    ax.set_xticks(range(n_cols), labels=[str(c) for c in confusion.columns], rotation=90, fontsize=fs)
-    ax.set_yticks(range(n_rows), labels=rows, fontsize=fs)
-    ax.set(xlabel="predicted", ylabel="true (test cells)")
-    ax.set_title(title, fontsize=10.5)
-    if max(n_rows, n_cols) <= 25:
-        n = max(n_rows, n_cols)
-        small = 6.5 if n > 12 else 7.5 if n > 8 else 8.5
-        for (i, j), v in np.ndenumerate(norm):
-            if counts[i, j] > 0:
-                ax.text(
-                    j,
-                    i,
-                    f"{int(counts[i, j]):,}\n{fraction_label(v)}",
-                    ha="center",
-                    va="center",
-                    fontsize=small,
-                    linespacing=0.95,
-                    color=text_colour(cmap(v)),
-                )
-    fig.colorbar(im, ax=ax, shrink=0.6, aspect=20, label="share of the true class")
-    return fig
-
-
-def confusion_size(confusion: pd.DataFrame) -> tuple[float, float]:
-    n_rows, n_cols = confusion.shape
-    cell = float(np.clip(9 / max(n_rows, n_cols, 1), 0.3, 0.6)) if max(n_rows, n_cols) <= 25 else 0.22
-    fs = tick_size(max(n_rows, n_cols))
-    width = cell * n_cols + text_width([f"{r} (10,000)" for r in confusion.index], fs) + 2.0
-    height = cell * n_rows + text_width(confusion.columns, fs) + 1.1
-    return width, height
-
-
-def confusion_figure(
-    confusions: Mapping[str, pd.DataFrame], *, title: str = "Celler confusion matrix"
-) -> Figure:
-    """One confusion heatmap per label level (the finer first), side by side, or one above the other when
-    that is wider than the page."""
-    items = [(k, v) for k, v in confusions.items() if not v.empty]
-    if not items:
-        return empty_figure("no test cells")
-    if len(items) == 1:
-        level, conf = items[0]
-        return confusion_heatmap(conf, title=f"{title} ({level})")
-    sizes = [confusion_size(c) for _, c in items]
-    wide = sum(w for w, _ in sizes) > PAGE_WIDTH_IN  # too wide side by side: one above the other
-    if wide:
-        fig = Figure(figsize=(max(w for w, _ in sizes), sum(h for _, h in sizes)), layout="constrained")
-        subs = fig.subfigures(len(items), 1, height_ratios=[h for _, h in sizes])
-    else:
-        fig = Figure(figsize=(sum(w for w, _ in sizes), max(h for _, h in sizes)), layout="constrained")
-        subs = fig.subfigures(1, len(items), width_ratios=[w for w, _ in sizes])
-    for sub, (level, conf) in zip(subs, items, strict=True):
-        confusion_heatmap(conf, title=f"{title} ({level})", ax=sub.add_subplot())
-    return fig
 
 
 def confidence_by_class(
