@@ -273,7 +273,8 @@ def reports(tmp_path_factory):
                   label_note=LABEL_NOTE if t == "islets" else None)
         for t in ("pancreas", "islets")
     }
-    index = build_index(["pancreas", "islets", "kidney"], root / "report_index.html")
+    index = build_index(["pancreas", "islets", "kidney"], root / "report_index.html",
+                        pretrain_log=root / "pretrain/model/train_log.csv")
     return root, pages, index
 
 
@@ -315,8 +316,6 @@ def test_tissue_report_figures_and_content(reports):
         "wang_a",
         "Known markers of tissue 'Pancreas'",
         "Fine-tuning kept epoch 5",
-        "batches of short cells",
-        "of the 90 steps after the first tenth",  # 100 steps: the first 10 are left out (not "warm-up")
         "Mean ± std over 2 seeds",
         "clean by construction",
     ):
@@ -551,6 +550,26 @@ def test_label_note_is_a_config_key_of_a_tissue_and_pbmc68k_has_one():
         check_config(config, schema)
 
 
+def test_the_pretraining_paragraph_is_on_the_index_once_and_linked_from_the_tissue_pages(reports):
+    """The shared model's loss spikes are explained once, on the index page, with its numbers; the tissue pages
+    that start from it (every one here) link there instead of repeating the paragraph."""
+    root, pages, index = reports
+    text = unescape(index.read_text())
+    log = pd.read_csv(root / "pretrain/model/train_log.csv").iloc[10:]  # 100 steps: the first tenth left out
+    short = log["tokens_per_s"] / log["cells_per_s"] < 0.9 * (log["tokens_per_s"] / log["cells_per_s"]).max()
+    assert '<section id="pretraining">' in text
+    assert text.count("The pretraining spikes are batches of short cells") == 1
+    assert (f"{int(short.sum())} of the 90 steps after the first tenth hold such batches and average a loss of "
+            f"{log.loc[short, 'loss'].mean():.2f} (chance: ln 50 = 3.91), against {log.loc[~short, 'loss'].mean():.2f}"
+            ) in text
+    for tissue, page_path in pages.items():
+        html = unescape(page_path.read_text())
+        assert "batches of short cells" not in html and "not instabilities" not in html, tissue
+        link = re.search(r'href="([^"]*)#pretraining"', html)
+        assert link and (page_path.parent / link.group(1)).resolve() == index.resolve(), tissue
+        assert "the model shared by every tissue (not retrained for this one)" in html
+
+
 def test_tissue_report_without_evaluation_shows_celler_only(tmp_path):
     root = make_results(tmp_path)
     (root / "pretrain").rename(tmp_path / "unused")
@@ -582,6 +601,10 @@ def test_tissue_report_says_when_the_tissue_continued_pretraining(tmp_path):
     html = unescape(page.read_text())
     assert "this tissue's own continued pretraining (300 steps)" in html
     assert "not retrained for this one" not in html
+    # its own numbers in one sentence; the explanation stays on the index page, linked
+    assert "Here, batches of short cells: " in html and "of the 90 steps after the first tenth" in html
+    assert 'href="../report_index.html#pretraining"' in html
+    assert "not instabilities" not in html
 
 
 def test_marker_section_says_when_gene_names_are_anonymised():

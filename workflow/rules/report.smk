@@ -87,6 +87,7 @@ rule report_tissue:
 rule report_index:
     input:
         reports=expand("results/{tissue}/report.html", tissue=TISSUES),
+        pretrained=lambda wc: pretrained_model(),  # the shared model: its loss spikes are explained here once
         evaluation=lambda wildcards: (
             expand("results/{tissue}/evaluation/metrics.tsv", tissue=TISSUES) if config.get("evaluate") else []
         ),

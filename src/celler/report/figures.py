@@ -15,6 +15,7 @@ from celler.report import plots
 from celler.report.baseline import best_baseline_run
 from celler.report.inputs import TissueInputs
 from celler.report.plots.base import PAGE_WIDTH_IN, text_width
+from celler.report.pretraining import pretrain_spikes
 
 #: Figures of a tissue report: file stem -> title. The workflow declares one PNG per entry.
 FIGURES = {
@@ -113,26 +114,6 @@ def tissue_figures(
         "baseline": base,
     }
     return figs | dots, facts
-
-
-def pretrain_spikes(log: pd.DataFrame | None) -> dict | None:
-    """Mean pretraining loss of the batches of short cells against the full-length ones (after the first 10%
-    of steps): batches are length-bucketed, so short cells share batches, and those score worse."""
-    if log is None or not {"tokens_per_s", "cells_per_s", "loss"} <= set(log.columns) or len(log) < 20:
-        return None
-    log = log.iloc[len(log) // 10 :]
-    length = log["tokens_per_s"] / log["cells_per_s"].replace(0, np.nan)
-    short = length < 0.9 * length.max()
-    if not short.any() or short.all():
-        return None
-    return {
-        "n_short": int(short.sum()),
-        "n": len(log),
-        "short_loss": float(log.loc[short, "loss"].mean()),
-        "full_loss": float(log.loc[~short, "loss"].mean()),
-        "full_length": float(length.max()),
-        "corr": float(np.corrcoef(length[length.notna()], log.loc[length.notna(), "loss"])[0, 1]),
-    }
 
 
 def _confidence(inp: TissueInputs) -> tuple[tuple[Figure, Figure], dict]:

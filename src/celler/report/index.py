@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from celler.report import pretraining
 from celler.report.comparison import TIE, compare, comparison_table, verdict
 from celler.report.inputs import evaluation_tables
 from celler.report.page import note, page
@@ -39,13 +40,17 @@ def summary_rows(reports: Mapping[str, Path]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str | Path) -> Path:
+def build_index(
+    tissues: Sequence[str] | Mapping[str, str | Path], out_html: str | Path, *, pretrain_log: str | Path | None = None
+) -> Path:
     """Write the index page.
 
     ``tissues``: tissue names (reports at ``<folder of out_html>/<tissue>/report.html``) or a mapping
     tissue ->
     report path. Each tissue's numbers come from ``evaluation/metrics.tsv`` next to its report (Celler's
-    ``celler/metrics.tsv`` alone when there is no evaluation).
+    ``celler/metrics.tsv`` alone when there is no evaluation). ``pretrain_log``: the shared pretraining's
+    ``train_log.csv``, whose loss spikes the page explains once for every tissue page
+    (:func:`celler.report.pretraining.index_section`; none: no such section).
     """
     from celler.data.io import atomic_path
 
@@ -84,6 +89,7 @@ def build_index(tissues: Sequence[str] | Mapping[str, str | Path], out_html: str
     missing = [t for t in reports if t not in set(rows.get("tissue", []))]
     if missing:
         body += "<h3>Without results</h3><ul>" + "".join(f"<li>{links[t]}</li>" for t in missing) + "</ul>"
+    body += pretraining.index_section(pretrain_log)
     n = len(reports)
     html_text = page("Celler reports", f"{n} tissue{'s' if n != 1 else ''}: Celler against the baselines", body)
     with atomic_path(out_html) as tmp:

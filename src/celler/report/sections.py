@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from celler.evaluate.markers import CONFIRMED, MarkerPanel
+from celler.report import pretraining
 from celler.report.baseline import baseline_note
 from celler.report.comparison import HEADLINE, compare, comparison_table, verdict
 from celler.report.inputs import TissueInputs
@@ -155,38 +155,10 @@ def data_section(inp: TissueInputs, shown: dict[str, str], class_table: pd.DataF
     )
 
 
-def training_section(inp: TissueInputs, shown: dict[str, str], facts: dict) -> str:
-    parts = []
-    if inp.pretrain_log is None:
-        parts.append(note("No pretraining log (fine-tuned from scratch or from external weights)."))
-    elif (inp.pretrain_config or {}).get("init"):
-        steps = inp.pretrain_config.get("steps")
-        parts.append(
-            note(
-                "The pretraining panel is this tissue's own continued pretraining"
-                + (f" ({steps} steps)" if steps else "")
-                + " on its training cells, labels unused, started from the model shared by every tissue."
-            )
-        )
-    else:
-        parts.append(
-            note("The pretraining panel is the model shared by every tissue (not retrained for this one).")
-        )
-    spikes = facts.get("spikes")
-    if spikes:
-        n_bins = facts.get("n_bins")
-        chance = f" (chance: ln {n_bins - 1} = {math.log(n_bins - 1):.2f})" if n_bins and n_bins > 2 else ""
-        parts.append(
-            note(
-                "The pretraining spikes are batches of short cells, not instabilities. Batches are "
-                "length-bucketed (little padding), so cells with fewer expressed genes than the model reads "
-                f"come together: {spikes['n_short']} of the {spikes['n']} steps after the first tenth hold such "
-                f"batches and average a loss of {spikes['short_loss']:.2f}{chance}, against "
-                f"{spikes['full_loss']:.2f} for full-length batches (correlation of the loss with the tokens "
-                f"per cell: {spikes['corr']:.2f}); a short cell gives the model little context to predict a "
-                "hidden value from. Colour: tokens per cell in the batch."
-            )
-        )
+def training_section(inp: TissueInputs, shown: dict[str, str], facts: dict, index_href: str = "") -> str:
+    """Training curves; the pretraining notes (:func:`celler.report.pretraining.tissue_notes`) link the index
+    page (``index_href``), which explains the pretraining loss spikes once."""
+    parts = pretraining.tissue_notes(inp.pretrain_config, inp.pretrain_log is not None, facts, index_href)
     if facts.get("selected") is not None:
         parts.append(note(f"Fine-tuning kept epoch {facts['selected'] + 1} (dashed line)."))
     return f'<section id="training"><h2>Training</h2>{"".join(parts)}{shown["training_curves"]}</section>'

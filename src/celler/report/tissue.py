@@ -75,6 +75,7 @@ def build_tissue_report(
         path = plots.save_figure(fig, fig_dir / f"{name}.png", dpi=DPI)
         shown[name] = img(path, FIGURES[name], sections.CAPTIONS[name].format(rare=rare_fraction))
     log.info("wrote %d figures to %s", len(figs), fig_dir)
+    back = Path(os.path.relpath(index_html, out_html.parent)).as_posix()
     body = "\n".join(
         [
             # what a biologist reads first: the result, its details, the markers; how it was made after
@@ -85,11 +86,10 @@ def build_tissue_report(
             sections.markers_section(facts["panel"], marker_tissue, shown, label_note),
             sections.embeddings_section(shown),
             sections.data_section(inp, shown, class_counts(inp)),
-            sections.training_section(inp, shown, facts),
+            sections.training_section(inp, shown, facts, back),
             provenance_section(inp, run_config),
         ]
     )
-    back = Path(os.path.relpath(index_html, out_html.parent)).as_posix()
     html = page(
         f"Celler report: {tissue}",
         "Cell-type annotation for long-tailed labels",
