@@ -39,6 +39,7 @@ CONDA_NAMES = {
     "PIL": {"pillow"},
     "tables": {"pytables"},
     "snakemake": {"snakemake", "snakemake-minimal"},
+    "scvi": {"scvi-tools"},
 }
 # PyPI project name (pyproject.toml) -> conda package name
 PIP_TO_CONDA = {"torch": "pytorch", "matplotlib": "matplotlib-base"}

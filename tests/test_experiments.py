@@ -117,3 +117,41 @@ def test_paired_differences_compare_each_seed_with_its_own_reference():
     assert "ce" not in out.index
     with pytest.raises(CellerError, match="no 'ce' runs"):
         paired_differences(runs[runs.loss != "ce"])
+
+
+def test_expression_keeps_the_counts_of_a_count_input(tmp_path):
+    """scVI / scANVI read counts: a count input's expr.h5ad keeps them (the kept genes' raw counts, whose
+    normalised log is X); a log input (pbmc68k) has no counts to keep."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from celler.config import dataset_spec
+    from celler.resources import default_vocab_path
+    from celler.stages import expression_stage, map_stage, qc_stage
+
+    spec = dataset_spec("facs", {"inputs": ["resources/data/pbmc_facs_sorted_2k_mudan.h5ad"],
+                                 "label": "celltype_fine", "split": {"by": "fraction", "test_fraction": 0.3}})
+    d = tmp_path
+    qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "s.tsv",
+             plot_out=d / "qc.png")
+    map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "m.tsv.gz",
+              report_out=d / "r.tsv", vocab_out=d / "vocab.json")
+    expression_stage(spec, cells_path=d / "cells.tsv.gz", genes_path=d / "genes.tsv.gz",
+                     mapping_path=d / "m.tsv.gz", vocab_path=d / "vocab.json", out=d / "expr.h5ad")
+    a = ad.read_h5ad(d / "expr.h5ad")
+    c = a.layers["counts"]
+    assert c.shape == a.X.shape and c.nnz == a.X.nnz and np.array_equal(c.data, np.round(c.data))
+    lib = np.asarray(c.sum(axis=1)).ravel()
+    norm = sp.diags(1e4 / lib) @ c
+    norm.data = np.log1p(norm.data)
+    assert abs(norm - a.X).max() < 1e-4
+    src = ad.read_h5ad("resources/data/pbmc_facs_sorted_2k_mudan.h5ad")
+    first = a.obs_names[0]
+    assert c[0].sum() == src[first, a.var_names].X.sum()  # the raw counts of the kept genes, unscaled
+
+
+def test_a_log_input_has_no_counts_layer(pbmc68k):
+    import anndata as ad
+
+    assert "counts" not in ad.read_h5ad(pbmc68k / "expr.h5ad").layers

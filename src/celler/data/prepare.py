@@ -113,11 +113,13 @@ def normalised_log(chunk: Chunk, *, target_sum: float = 1e4, renormalise: bool =
 def export_expression(spec: DatasetSpec, cells, genes, mapping, *, chunk_size: int = 20_000) -> ad.AnnData:
     """The kept cells x kept tokens as log1p(counts per 10,000), with labels, batch and split in ``obs``.
 
-    For baselines, marker plots and the report: small labelled datasets, held in memory.
+    For baselines, marker plots and the report: small labelled datasets, held in memory. Where the input holds
+    counts, ``layers["counts"]`` keeps them (the kept genes' raw counts: what scVI / scANVI read).
     """
-    parts, obs = [], []
+    parts, raw, obs = [], [], []
     for chunk in iter_chunks(spec, cells, genes, mapping, chunk_size=chunk_size):
         parts.append(normalised_log(chunk, renormalise=True))
+        raw.append(chunk.x if chunk.kind == "counts" else None)
         obs.append(chunk.cells)
     columns = token_columns(mapping, genes)
     obs = pd.concat(obs)
@@ -130,6 +132,8 @@ def export_expression(spec: DatasetSpec, cells, genes, mapping, *, chunk_size: i
         }, index=obs.index),
         var=pd.DataFrame({"token_id": columns}, index=[mapping.vocab.tokens[t] for t in columns]),
     )
+    if raw and all(r is not None for r in raw):
+        out.layers["counts"] = sp.vstack(raw).tocsr().astype(np.float32)
     if spec.parent_label:
         out.obs["celler_parent"] = obs["parent"].astype(str).to_numpy()
     out.uns["celler"] = {"dataset": spec.name, "X": "log1p(counts per 10,000 over the kept genes)"}

@@ -19,7 +19,15 @@ import anndata as ad
 import pandas as pd
 
 from celler.errors import CellerError
-from celler.evaluate.baselines import actinn, celltypist_lr, knn, logreg, singlecellnet
+from celler.evaluate.baselines import (
+    actinn,
+    celltypist_lr,
+    knn,
+    label_spreading,
+    logreg,
+    scanvi,
+    singlecellnet,
+)
 from celler.evaluate.baselines._common import check_log1p_1e4
 
 BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
@@ -32,6 +40,8 @@ BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
     "logreg_balanced": logreg.fit_predict_balanced,
     "logreg_pca": logreg.fit_predict_pca,
     "knn": knn.fit_predict,
+    "label_spreading": label_spreading.fit_predict,
+    "scanvi": scanvi.fit_predict,
 }
 
 PRED_COLUMNS = ["cell", "split", "level", "true", "predicted", "confidence"]
