@@ -188,7 +188,7 @@ def _baseline(job, train, test) -> pd.DataFrame:
     adata = adata[adata.obs_names.isin(train.append(test).append(unlabelled))].copy()
     adata.obs["celler_split"] = np.select([adata.obs_names.isin(test), adata.obs_names.isin(train)],
                                           ["test", "train"], "unlabelled")
-    return run_baseline(job["method"], adata, seed=job["seed"])
+    return run_baseline(job["method"], adata, seed=job["seed"], **job["settings"])
 
 
 def prepare(config: dict, tissues: list[str], cores: int, configfile: Path = REPO / "config.yaml") -> None:
@@ -209,7 +209,8 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fra
         for seed in seeds:
             all_train, test = split_cells(cells, config["tissues"][tissue].get("split", {}), seed)
             methods = {f"celler_{name}" if name != "default" else "celler": s for name, s in variants.items()}
-            methods |= {b: {} for b in baselines}
+            params = config["evaluate"].get("baseline_params") or {}
+            methods |= {b: dict(params.get(b, {})) for b in baselines}  # the workflow's parameters
             for fraction in fractions:
                 train = label_fraction(cells.loc[all_train, "label"].astype(str), fraction, seed)
                 unlabelled = all_train.difference(train)
