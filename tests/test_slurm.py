@@ -1,16 +1,13 @@
 """The workflow on a real SLURM scheduler, submitted with `snakemake --profile slurm` (marker: slurm).
 
-The fixture uses Debian's ``slurm-wlm`` and ``munge`` as installed (``.ci/run`` installs them), writes a single-node
-``/etc/slurm/slurm.conf`` for this host (state, spool and logs in a temporary directory; the file is removed
-afterwards, and an existing one that this test did not write makes it skip), starts ``munged`` (unless one
-already answers), ``slurmctld`` and ``slurmd``, and stops what it started afterwards. The configuration has to
-be at the default path: the plugin's job step clears ``SLURM_*`` variables (``SLURM_CONF`` too) before its
-``srun``. The test then runs the test config's preprocessing plus one fine-tuning
-(with its pretraining) twice: through the repository's slurm profile, typed as a user would from the
-repository root, and locally; it checks that every job was a SLURM job and that the outputs are the same.
+The test configures nothing: it uses the SLURM cluster that answers on this host (``sinfo`` shows an idle node).
+``.ci/run`` installs Debian's ``slurm-wlm`` and ``munge`` and starts a throwaway single-node cluster with
+``.ci/slurm_cluster.py start DIR``; on a developer machine run that (as root) first, or the test skips. It runs
+the test config's preprocessing plus one fine-tuning (with its pretraining) twice: through the repository's
+slurm profile, typed as a user would from the repository root, and locally; it checks that every job was a
+SLURM job and that the outputs are the same.
 
-Needs root (daemons) and the packages; skipped otherwise, and a failure under CI=true. About 3 minutes on 2
-cores.
+Skipped where no cluster answers, and a failure under CI=true. About 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import gzip
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,160 +26,36 @@ from conftest import TIMEOUT, skip_or_fail
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / ".test/config.yaml"
 DATASETS = ("pancreas", "pbmc68k")
-SLURM_CONF = Path("/etc/slurm/slurm.conf")
-MARKER = "# Single-node test cluster written by Celler's tests/test_slurm.py (removed when the test ends)"
 TARGETS = [f"results/{d}/tokens" for d in DATASETS] + ["results/pbmc68k/celler/metrics.tsv"]
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-# --- a throwaway single-node cluster ------------------------------------------------------------------------
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw, timeout=TIMEOUT)
 
 
-def _ensure_packages() -> None:
-    """Skip when slurm-wlm / munge or root are missing (a failure under CI=true, where .ci/run installs them);
-    the test installs nothing itself."""
-    if shutil.which("snakemake") is None:
-        skip_or_fail("snakemake not installed")
-    if os.geteuid() != 0:
-        skip_or_fail("needs root to start the SLURM and munge daemons")
-    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "squeue") if shutil.which(b) is None]
-    if missing:
-        skip_or_fail(f"SLURM / munge not installed ({', '.join(missing)}; apt-get install slurm-wlm munge)")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class Cluster:
-    """munged (if none answers), slurmctld and slurmd in the foreground, configured under ``root``."""
+    """The SLURM cluster this host's commands reach (``SLURM_CONF`` unset: the plugin's job step clears it)."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.conf = SLURM_CONF
+    def __init__(self):
         self.env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def write_conf(self) -> None:
-        host = socket.gethostname().split(".")[0]
-        # this node's real CPU / memory layout, as slurmd detects it (first line of `slurmd -C`)
-        node = _run(["slurmd", "-C"]).stdout.splitlines()[0].strip()
-        node = re.sub(r"^NodeName=\S+", f"NodeName={host}", node)
-        ctld_port, d_port = _free_ports(2)
-        for d in ("state", "spool"):
-            (self.root / d).mkdir(exist_ok=True)
-        self.conf.parent.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            "\n".join(
-                [
-                    MARKER,
-                    "ClusterName=cellertest",
-                    f"SlurmctldHost={host}",
-                    f"SlurmctldPort={ctld_port}",
-                    f"SlurmdPort={d_port}",
-                    "AuthType=auth/munge",
-                    "CredType=cred/munge",
-                    "SlurmUser=root",
-                    "SlurmdUser=root",
-                    "ProctrackType=proctrack/linuxproc",  # no cgroups in a container
-                    "TaskPlugin=task/none",
-                    "SelectType=select/cons_tres",
-                    "SelectTypeParameters=CR_Core_Memory",
-                    "SchedulerType=sched/backfill",
-                    "AccountingStorageType=accounting_storage/none",  # no slurmdbd: squeue, not sacct
-                    "JobAcctGatherType=jobacct_gather/none",
-                    "JobCompType=jobcomp/none",
-                    "MpiDefault=none",
-                    "ReturnToService=2",
-                    "MinJobAge=900",  # finished jobs stay visible to scontrol for the checks below
-                    f"StateSaveLocation={self.root / 'state'}",
-                    f"SlurmdSpoolDir={self.root / 'spool'}",
-                    f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
-                    f"SlurmdPidFile={self.root / 'slurmd.pid'}",
-                    f"SlurmctldLogFile={self.root / 'slurmctld.log'}",
-                    f"SlurmdLogFile={self.root / 'slurmd.log'}",
-                    f"{node} State=UNKNOWN",
-                    f"PartitionName=celler Nodes={host} Default=YES MaxTime=INFINITE State=UP",
-                    "",
-                ]
-            )
-        )
-
-    def _start(self, name: str, cmd: list[str]) -> None:
-        log = (self.root / f"{name}.out").open("w")
-        self.procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)))
-
-    def start(self) -> None:
-        self.write_conf()
-        if _run(["munge", "-n"]).returncode != 0:  # no munged answering: start one as user munge
-            run_dir = Path("/run/munge")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.chown(run_dir, "munge", "munge")
-            self._start(
-                "munged",
-                ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "munged", "--foreground"],
-            )
-            self._wait("munged", lambda: _run(["munge", "-n"]).returncode == 0, 20)
-        self._start("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
-        self._wait("slurmctld", lambda: _run(["scontrol", "ping"], env=self.env).stdout.count("UP") > 0, 30)
-        self._start("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
-        self._wait(
-            "slurmd", lambda: _run(["sinfo", "-h", "-o", "%T"], env=self.env).stdout.strip() == "idle", 60
-        )
-
-    def _wait(self, name: str, ready, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if ready():
-                return
-            for n, p in self.procs:
-                if p.poll() is not None:
-                    pytest.fail(f"{n} exited with {p.returncode}:\n{self.logs()}")
-            time.sleep(0.5)
-        pytest.fail(f"{name} not ready after {timeout} s:\n{self.logs()}")
 
     def logs(self) -> str:
-        out = []
-        for f in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log")):
-            out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-2000:]}")
-        return "\n".join(out)
-
-    def stop(self) -> None:
-        for _, p in reversed(self.procs):  # slurmd, slurmctld, then munged: only what this fixture started
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        self.procs.clear()
-        if self.conf.exists() and self.conf.read_text().startswith(MARKER):
-            self.conf.unlink()
+        return _run(["sinfo", "-N", "-l"], env=self.env).stdout + _run(["squeue", "-a"], env=self.env).stdout
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    _ensure_packages()
-    if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(MARKER):
-        skip_or_fail(f"{SLURM_CONF} exists (a configured SLURM?); this test only runs where it may write its own")
-    c = Cluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+def cluster():
+    if shutil.which("snakemake") is None:
+        skip_or_fail("snakemake not installed")
+    if shutil.which("sinfo") is None:
+        skip_or_fail("SLURM not installed (apt-get install slurm-wlm munge; then .ci/slurm_cluster.py start DIR)")
+    c = Cluster()
+    states = _run(["sinfo", "-h", "-o", "%T"], env=c.env)
+    if states.returncode != 0 or "idle" not in states.stdout.split():
+        skip_or_fail("no SLURM cluster with an idle node answers (as root: python3 .ci/slurm_cluster.py start DIR)")
+    return c
 
 
 # --- the runs -----------------------------------------------------------------------------------------------
