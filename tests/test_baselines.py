@@ -273,3 +273,27 @@ def test_the_workflow_offers_every_baseline_and_the_demo_runs_the_strongest_few_
     enum = schema["properties"]["evaluate"]["properties"]["baselines"]["items"]["enum"]
     assert sorted(enum) == sorted(BASELINES)
     assert "logreg_pca" in yaml.safe_load((root / "config.yaml").read_text())["evaluate"]["baselines"]
+
+
+def test_label_spreading_labels_a_cell_whose_graph_part_holds_no_label():
+    """Few labels: a group of unlabelled cells far from every labelled one is a graph component of its own, and
+    scikit-learn's spread leaves it unlabelled (NaN). Its test cell takes the nearest labelled cell's label
+    (B, nearer than A), with confidence 0, not the first class with a NaN confidence."""
+    from celler.evaluate.baselines import label_spreading
+
+    rng = np.random.default_rng(0)
+
+    def group(centre, n, label, split):
+        x = centre + rng.normal(0, 0.05, size=(n, 4))
+        obs = pd.DataFrame({"celler_label": label, "celler_split": split},
+                           index=[f"{label}{split}{centre}_{i}" for i in range(n)])
+        return ad.AnnData(X=x.astype(np.float32), obs=obs)
+
+    train = ad.concat([group(0.0, 5, "A", "train"), group(2.0, 5, "B", "train")])
+    unlabelled = group(8.0, 20, "?", "unlabelled")
+    test = ad.concat([group(0.0, 2, "A", "test"), group(8.0, 1, "?", "test")])
+    test.var_names = train.var_names = unlabelled.var_names = [f"g{i}" for i in range(4)]
+    res = label_spreading.fit_predict(train, test, unlabelled=unlabelled, n_pcs=2)
+    assert res["confidence"].notna().all()
+    assert res["predicted"].tolist() == ["A", "A", "B"]
+    assert res["confidence"].iloc[-1] == 0 and (res["confidence"].iloc[:2] > 0.5).all()

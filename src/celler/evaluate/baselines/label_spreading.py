@@ -7,7 +7,9 @@ training cells, labels unread), left unstandardised so that the graph's distance
 most (as scanpy's neighbour graph does). The graph and its settings are scikit-learn's documented defaults
 (``kernel="knn"``, 7 neighbours, ``alpha`` 0.2, 30 iterations). Test cells are never in the graph: each is
 labelled by its 7 nearest graph cells' spread label distributions (``predict_proba``), so the method reads no
-test cell before it predicts, as every other baseline.
+test cell before it predicts, as every other baseline. Where a graph component holds no labelled cell (few
+labels), scikit-learn's spread leaves its cells without a label: a test cell next to them takes its nearest
+labelled training cell's label, with confidence 0.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
+from sklearn.neighbors import NearestNeighbors
 from sklearn.semi_supervised import LabelSpreading
 
 from celler.evaluate.baselines._common import align_genes, dense, output, train_labels
@@ -45,5 +48,13 @@ def fit_predict(
     xfit, xte = embed(dense(cells.X), dense(test.X), n_pcs=n_pcs, seed=seed)
     model = LabelSpreading(kernel="knn", n_neighbors=min(n_neighbors, cells.n_obs - 1), alpha=alpha,
                            max_iter=max_iter).fit(xfit, codes)
-    prob = model.predict_proba(xte)
-    return output(test, classes[prob.argmax(axis=1)], prob.max(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prob = np.nan_to_num(model.predict_proba(xte))
+    # a graph component without a labelled cell receives no label (scikit-learn returns NaN there): its test
+    # cells take the nearest labelled training cell's label, with confidence 0
+    stranded = prob.sum(axis=1) == 0
+    predicted = classes[prob.argmax(axis=1)]
+    if stranded.any():
+        nearest = NearestNeighbors(n_neighbors=1).fit(xfit[: train.n_obs]).kneighbors(xte[stranded])[1][:, 0]
+        predicted[stranded] = y[nearest]
+    return output(test, predicted, prob.max(axis=1))
