@@ -297,3 +297,13 @@ def test_label_spreading_labels_a_cell_whose_graph_part_holds_no_label():
     assert res["confidence"].notna().all()
     assert res["predicted"].tolist() == ["A", "A", "B"]
     assert res["confidence"].iloc[-1] == 0 and (res["confidence"].iloc[:2] > 0.5).all()
+
+
+def test_scanvi_epochs_are_the_library_s_lowered_to_the_cell_pass_budget():
+    """The library's own count (400 epochs up to 20,000 cells, then 8 million cell passes), lowered to
+    ``cell_passes / cells`` where that is fewer (config.yaml's CPU budget), and capped by ``max_epochs``."""
+    assert scanvi.scvi_epochs(1497) == 400 and scanvi.scvi_epochs(40_000) == 200
+    assert scanvi.scvi_epochs(1497, cell_passes=400_000) == 267  # FACS: above its early stop (259), unchanged
+    assert scanvi.scvi_epochs(5487, cell_passes=400_000) == 73  # CBMC
+    assert scanvi.scvi_epochs(501, cell_passes=400_000) == 400  # pancreas: the budget never binds
+    assert scanvi.scvi_epochs(5487, cell_passes=400_000, max_epochs=20) == 20

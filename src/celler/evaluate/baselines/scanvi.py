@@ -4,7 +4,8 @@ As in the scvi-tools tutorial: scVI (2 layers, 30 latent dimensions, negative-bi
 every training cell, labelled and ``unlabelled``; scANVI is then initialised from it with the training labels,
 the unlabelled cells marked unlabelled, and trained 20 epochs sampling 100 cells a label; ``predict()`` labels
 the test cells, which neither model reads before. scVI's epoch count is the library's own (scaled to the cell
-count, at most 400), with early stopping on its own 10% validation split; ``max_epochs`` caps it (CPU runs).
+count: 400, or 8 million cell passes over more than 20,000 cells), with early stopping on its own 10% validation
+split; on CPU ``cell_passes`` lowers that budget (epochs = cell_passes / cells) and ``max_epochs`` caps it.
 No batch key: the bundled test cells come from a study or donor absent from training, which scVI cannot
 encode. Genes: all, or the 2,000 most variable ones of the training cells where there are more (scanpy's
 ``seurat`` flavour on the log values, as ``seurat_v3`` would need another package).
@@ -58,8 +59,19 @@ def _cells(train: ad.AnnData, unlabelled: ad.AnnData | None) -> ad.AnnData:
     return cells
 
 
-def _scvi(cells: ad.AnnData, seed: int, max_epochs: int | None):
-    """scVI trained on ``cells`` (reused for the same cells, genes, seed and cap)."""
+def scvi_epochs(n_cells: int, *, cell_passes: int | None = None, max_epochs: int | None = None) -> int:
+    """scVI's epoch count: the library's own for ``n_cells``, lowered to ``cell_passes / n_cells`` and capped at
+    ``max_epochs`` where given (at least 1)."""
+    from scvi.model._utils import get_max_epochs_heuristic
+
+    epochs = get_max_epochs_heuristic(n_cells)
+    if cell_passes:
+        epochs = min(epochs, max(1, round(cell_passes / n_cells)))
+    return min(epochs, max_epochs) if max_epochs else epochs
+
+
+def _scvi(cells: ad.AnnData, seed: int, max_epochs: int):
+    """scVI trained on ``cells`` (reused for the same cells, genes, seed and epochs)."""
     import scvi
 
     key = hashlib.sha1("\n".join([*cells.obs_names, *cells.var_names, str(seed), str(max_epochs)])
@@ -82,6 +94,7 @@ def fit_predict(
     label_key: str = "celler_label",
     seed: int = 0,
     unlabelled: ad.AnnData | None = None,
+    cell_passes: int | None = None,
     max_epochs: int | None = None,
     scanvi_epochs: int = 20,
     n_samples_per_label: int = 100,
@@ -100,7 +113,7 @@ def fit_predict(
                       stacklevel=2)
         fit_predict._warned = True
     cells = _cells(train, unlabelled)
-    model = _scvi(cells, seed, max_epochs)
+    model = _scvi(cells, seed, scvi_epochs(cells.n_obs, cell_passes=cell_passes, max_epochs=max_epochs))
     labelled = cells.copy()
     labelled.obs["label"] = np.concatenate([y, np.full(labelled.n_obs - len(y), UNLABELLED)])
     scvi.settings.seed = seed
