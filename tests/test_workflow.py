@@ -124,7 +124,7 @@ def test_finetune_and_evaluation_outputs(tokenized):
                                      "novelty", "unassigned"}
         assert set(pred.split) == {"test"}
         metrics = pd.read_csv(wd / f"results/{tissue}/evaluation/metrics.tsv", sep="\t")
-        assert set(metrics.method) == {"celler", "logreg", "logreg_balanced", "knn"}
+        assert set(metrics.method) == {"celler", "logreg", "logreg_balanced", "knn", "label_spreading"}
         # every method is scored on the same test cells
         assert metrics.groupby("method")["n_closed"].first().nunique() == 1
         # a quality floor on the test config's short training: far above chance (a uniform guess scores about
