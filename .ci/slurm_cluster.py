@@ -109,6 +109,7 @@ def start(root: Path) -> None:
         sys.exit(f"slurm_cluster: needs root and slurm-wlm + munge (missing: {', '.join(missing) or 'root'})")
     if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(MARKER):
         sys.exit(f"slurm_cluster: {SLURM_CONF} exists and was not written here; leaving that cluster alone")
+    stop(root)  # a cluster this script started before in DIR: stop it first
     root.mkdir(parents=True, exist_ok=True)
     write_conf(root)
     if run(["munge", "-n"]).returncode != 0:  # no munged answering: start one as user munge
