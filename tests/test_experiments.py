@@ -20,14 +20,18 @@ from celler.evaluate.experiments import (
 @pytest.fixture(scope="module")
 def pbmc68k(tmp_path_factory):
     """QC table and expression matrix of the real pbmc68k_reduced set (stratified 70/30 split)."""
+    return prepared(tmp_path_factory.mktemp("pbmc68k"), "pbmc68k", {
+        "inputs": ["resources/data/pbmc68k_reduced.h5ad"], "matrix": "raw", "label": "bulk_labels",
+        "split": {"by": "fraction", "test_fraction": 0.3}, "qc": {"min_genes": 50, "min_cells": 3}})
+
+
+def prepared(d, name: str, tissue: dict):
+    """Folder ``d`` with the QC tables, gene mapping and expr.h5ad of one tissue (the workflow's stages)."""
     from celler.config import dataset_spec
     from celler.resources import default_vocab_path
     from celler.stages import expression_stage, map_stage, qc_stage
 
-    d = tmp_path_factory.mktemp("pbmc68k")
-    spec = dataset_spec("pbmc68k", {"inputs": ["resources/data/pbmc68k_reduced.h5ad"], "matrix": "raw",
-                                    "label": "bulk_labels", "split": {"by": "fraction", "test_fraction": 0.3},
-                                    "qc": {"min_genes": 50, "min_cells": 3}})
+    spec = dataset_spec(name, tissue)
     qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "s.tsv",
              plot_out=d / "qc.png")
     map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "m.tsv.gz",
@@ -126,19 +130,8 @@ def test_expression_keeps_the_counts_of_a_count_input(tmp_path):
     import numpy as np
     import scipy.sparse as sp
 
-    from celler.config import dataset_spec
-    from celler.resources import default_vocab_path
-    from celler.stages import expression_stage, map_stage, qc_stage
-
-    spec = dataset_spec("facs", {"inputs": ["resources/data/pbmc_facs_sorted_2k_mudan.h5ad"],
-                                 "label": "celltype_fine", "split": {"by": "fraction", "test_fraction": 0.3}})
-    d = tmp_path
-    qc_stage(spec, cells_out=d / "cells.tsv.gz", genes_out=d / "genes.tsv.gz", summary_out=d / "s.tsv",
-             plot_out=d / "qc.png")
-    map_stage(spec, genes_path=d / "genes.tsv.gz", vocab_path=default_vocab_path(), mapping_out=d / "m.tsv.gz",
-              report_out=d / "r.tsv", vocab_out=d / "vocab.json")
-    expression_stage(spec, cells_path=d / "cells.tsv.gz", genes_path=d / "genes.tsv.gz",
-                     mapping_path=d / "m.tsv.gz", vocab_path=d / "vocab.json", out=d / "expr.h5ad")
+    d = prepared(tmp_path, "facs", {"inputs": ["resources/data/pbmc_facs_sorted_2k_mudan.h5ad"],
+                                    "label": "celltype_fine", "split": {"by": "fraction", "test_fraction": 0.3}})
     a = ad.read_h5ad(d / "expr.h5ad")
     c = a.layers["counts"]
     assert c.shape == a.X.shape and c.nnz == a.X.nnz and np.array_equal(c.data, np.round(c.data))
