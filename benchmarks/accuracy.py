@@ -202,6 +202,7 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fra
     from celler.data.longtail import label_fraction
     from celler.data.tokens import TokenStore
 
+    params = config["evaluate"].get("baseline_params") or {}  # the workflow's baseline parameters
     jobs = []
     for tissue in tissues:
         store = REPO / f"results/{tissue}/tokens"
@@ -209,8 +210,7 @@ def plan(config: dict, tissues, seeds, variants: dict[str, dict], baselines, fra
         for seed in seeds:
             all_train, test = split_cells(cells, config["tissues"][tissue].get("split", {}), seed)
             methods = {f"celler_{name}" if name != "default" else "celler": s for name, s in variants.items()}
-            params = config["evaluate"].get("baseline_params") or {}
-            methods |= {b: dict(params.get(b, {})) for b in baselines}  # the workflow's parameters
+            methods |= {b: dict(params.get(b, {})) for b in baselines}
             for fraction in fractions:
                 train = label_fraction(cells.loc[all_train, "label"].astype(str), fraction, seed)
                 unlabelled = all_train.difference(train)

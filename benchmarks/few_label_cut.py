@@ -34,12 +34,15 @@ RULES = ("joined", "validation", "rescaled")
 
 
 def cuts(index, val_nov: np.ndarray) -> dict[str, float]:
+    from dataclasses import replace
+
     from celler.model.novelty import KNOWN_SHARE, MIN_VALIDATION
 
     loo = index.training_novelty()
     q = 1 - KNOWN_SHARE
-    out = {"joined": float(np.quantile(np.concatenate([val_nov, loo]) if len(val_nov) < MIN_VALIDATION
-                                       else val_nov, q))}
+    joined = replace(index)  # today's rule, as the package sets it
+    joined.set_cut(val_nov)
+    out = {"joined": joined.cut}
     out["validation"] = float(np.quantile(val_nov, q)) if len(val_nov) else out["joined"]
     if len(val_nov) and len(val_nov) < MIN_VALIDATION and np.median(loo) > 0:
         out["rescaled"] = float(np.quantile(np.concatenate([val_nov, loo * np.median(val_nov) / np.median(loo)]), q))
@@ -49,6 +52,8 @@ def cuts(index, val_nov: np.ndarray) -> dict[str, float]:
 
 
 def one(job: dict) -> list[dict]:
+    from dataclasses import replace
+
     import torch
 
     from celler.data.tokens import TokenStore
@@ -58,8 +63,6 @@ def one(job: dict) -> list[dict]:
 
     torch.set_num_threads(1)
     cfg, _ = finetune_config(job["settings"])
-    from dataclasses import replace
-
     cfg = replace(cfg, seed=job["seed"])
     with tempfile.TemporaryDirectory() as tmp:
         model, _, info = finetune(job["store"], Path(tmp) / "model", cfg, pretrained=job["pretrained"],

@@ -108,10 +108,9 @@ def fit_predict(
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     train, test = align_genes(train, test)
     y = train_labels(train, label_key)
-    if "counts" not in train.layers and not getattr(fit_predict, "_warned", False):
+    if "counts" not in train.layers:  # shown once (Python's default warning filter)
         warnings.warn("scANVI: no 'counts' layer; scVI reads counts per 10,000 recovered from log1p values",
                       stacklevel=2)
-        fit_predict._warned = True
     cells = _cells(train, unlabelled)
     model = _scvi(cells, seed, scvi_epochs(cells.n_obs, cell_passes=cell_passes, max_epochs=max_epochs))
     labelled = cells.copy()
@@ -126,5 +125,5 @@ def fit_predict(
     query.layers["counts"] = query.X
     query.obs["label"] = UNLABELLED
     prob = scanvi.predict(query, soft=True)
-    prob = prob.drop(columns=[c for c in prob.columns if c == UNLABELLED])
+    prob = prob.drop(columns=UNLABELLED, errors="ignore")
     return output(test, prob.columns.to_numpy()[prob.to_numpy().argmax(axis=1)], prob.max(axis=1).to_numpy())
