@@ -13,8 +13,9 @@ cut takes rare cells first. The novelty score answers the second question on its
 * ``novelty(x) = min_c d_c(x) / s_c``: about 1 for a typical cell of some training type, large for a cell far
   from every type on that type's own scale.
 * The cut is the ``1 - KNOWN_SHARE`` quantile of the novelty of the validation cells (known types, held out of
-  training; joined by the training cells' own leave-one-out novelty when fewer than ``MIN_VALIDATION``):
-  about ``KNOWN_SHARE`` of a known type's cells are called novel.
+  training; joined, when fewer than ``MIN_VALIDATION``, by the training cells' out-of-fold novelty, each
+  scored by a model trained without it: :mod:`celler.train.crossfit`): about ``KNOWN_SHARE`` of a known
+  type's cells are called novel.
 
 Chosen on the leave-one-type-out benchmark's validation and tuning cells (benchmarks/leave_one_type_out.py;
 README, "Leave-one-type-out") among k-NN distances in three spaces (scaled per class or not), per-class
@@ -35,7 +36,7 @@ import torch
 K_NEIGHBOURS = 10
 #: share of the validation cells (known types) above the cut: the known cells left ``Unassigned``
 KNOWN_SHARE = 0.02
-#: fewer validation cells than this: the training cells' own novelty joins them to set the cut
+#: fewer validation cells than this: the training cells' out-of-fold novelty joins them to set the cut
 MIN_VALIDATION = 50
 #: query cells per block of the distance computation (bounds memory: block x training cells floats)
 BLOCK = 8192
@@ -104,12 +105,16 @@ class NoveltyIndex:
                 out[m] = knn_distance(self.coords[m], self.coords[m], self.k, same=True) / self.scale[c]
         return out[np.isfinite(out)]
 
-    def set_cut(self, validation_novelty: np.ndarray, share: float = KNOWN_SHARE) -> None:
-        """The cut leaving ``share`` of the validation cells above it; with fewer than :data:`MIN_VALIDATION`
-        of them the training cells' own novelty joins them (a cut from a handful of cells is one cell's)."""
+    def set_cut(self, validation_novelty: np.ndarray, share: float = KNOWN_SHARE, *,
+                out_of_fold: np.ndarray | None = None) -> None:
+        """The cut leaving ``share`` of the validation cells above it. With fewer than :data:`MIN_VALIDATION`
+        of them (a cut from a handful of cells is one cell's) the training cells' ``out_of_fold`` novelty
+        joins them (:mod:`celler.train.crossfit`), or without it their own leave-one-out novelty, which is
+        lower: fitted cells sit closer to their type than new ones."""
         v = np.asarray(validation_novelty, np.float64)
         if len(v) < MIN_VALIDATION:
-            v = np.concatenate([v, self.training_novelty()])
+            extra = self.training_novelty() if out_of_fold is None or not len(out_of_fold) else out_of_fold
+            v = np.concatenate([v, np.asarray(extra, np.float64)])
         self.cut = float(np.quantile(v, 1 - share)) if len(v) else np.inf
 
     def novel(self, novelty: np.ndarray) -> np.ndarray:
@@ -126,4 +131,4 @@ class NoveltyIndex:
                        int(z["k"]))
 
 
-__all__ = ["K_NEIGHBOURS", "KNOWN_SHARE", "NoveltyIndex", "knn_distance"]
+__all__ = ["K_NEIGHBOURS", "KNOWN_SHARE", "MIN_VALIDATION", "NoveltyIndex", "knn_distance"]

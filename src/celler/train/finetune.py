@@ -6,7 +6,8 @@ are trained jointly (total loss = sum over levels of the configured long-tail lo
 a seeded stratified share of the training cells; the epoch with the best validation subclass macro-F1 is
 kept, and training stops after ``patience`` epochs without improvement. Prediction is the argmax of the raw
 logits (no noise, no prior term), with softmax probabilities as confidence; the validation cells then set the
-confidence calibration and the novelty cut (the ``Unassigned`` rule).
+confidence calibration and the novelty cut (the ``Unassigned`` rule; with few validation cells, out-of-fold
+novelty of the training cells joins them: :mod:`celler.train.crossfit`).
 
 ``loss: auto`` trains one model per (tau, sigma) of a small grid and keeps the one with the best
 validation macro-F1 (the head/tail trade-off is data-dependent). ``two_stage`` adds a short second stage on
@@ -44,11 +45,12 @@ from celler.model.classifier import (
     predict_logits,
     save_classifier,
 )
-from celler.model.novelty import NoveltyIndex
+from celler.model.novelty import MIN_VALIDATION, NoveltyIndex
 from celler.model.pretrained import load_profile_norm
 from celler.model.programs import fit_axes
+from celler.train.crossfit import out_of_fold_novelty
 from celler.train.losses import build_loss
-from celler.train.rebalance import choose_logit_adjustment, macro_f1, retrain_last_layer
+from celler.train.rebalance import gcl_second_stage, macro_f1, posthoc_adjustment
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,52 @@ def loss_candidates(cfg: FinetuneConfig) -> list[tuple[str, dict]]:
     return [("ginf+hdm", {**base, "tau": t, "sigma": s}) for t in cfg.auto_grid["tau"] for s in cfg.auto_grid["sigma"]]
 
 
+def count_classes(targets: dict, levels: dict, idx: np.ndarray) -> dict[str, list[int]]:
+    """Per level: the number of cells of each class among ``idx`` (the N_j the long-tail losses read)."""
+    return {k: np.bincount(targets[k][idx][targets[k][idx] >= 0], minlength=len(v)).tolist()
+            for k, v in levels.items()}
+
+
+def train_candidate(cfg, store, pretrained, levels, name, params, counts, train_idx, val_idx, targets, *,
+                    genes=None, axes=None, log_rows=None) -> tuple[float, CellClassifier]:
+    """One model with one loss: built, trained on ``train_idx`` (the best epoch on ``val_idx``, or the last
+    without validation cells), with the optional second stages; returns its validation macro-F1 and the model."""
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
+    cosine = losses["subclass"].scale if name == "gcl" else None  # GCL reads a cosine head
+    model = build_classifier(cfg, store, pretrained, levels, genes=genes, cosine_scale=cosine, axes=axes).to(device)
+    model.view_dropout = cfg.view_dropout
+    for head in model.heads.values():
+        head.drop.p = head.drop.p if cfg.head_dropout is None else cfg.head_dropout
+    frozen = None
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+        seen = np.union1d(train_idx, val_idx)
+        _, frozen_part = predict_logits(model, store, seen, cfg)
+        frozen = np.zeros((len(store), model.embedding_dim), np.float32)
+        frozen[seen] = frozen_part
+    tag = f"{name} {params}" if cfg.loss == "auto" else "main"
+    f1, state = _train(model, store, train_idx, val_idx, targets, losses, cfg, epochs=cfg.epochs,
+                       frozen_emb=frozen, log_rows=log_rows, stage=tag)
+    model.load_state_dict(state)
+    if cfg.two_stage:
+        hard = hard_examples(model, store, train_idx, targets, cfg, frozen_emb=frozen)
+        log.info("two-stage: %d confidently misclassified training cells", len(hard))
+        if len(hard):
+            stage_cfg = replace(cfg, lr=cfg.lr / 10)
+            f1_2, state_2 = _train(model, store, hard, val_idx, targets, losses, stage_cfg,
+                                   epochs=cfg.two_stage_epochs, frozen_emb=frozen, log_rows=log_rows, stage="hard")
+            if f1_2 >= f1:
+                f1, state = f1_2, state_2
+            model.load_state_dict(state)
+    if name == "gcl":
+        f1 = gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, params, cfg,
+                              frozen_emb=frozen)
+    return f1, model
+
+
 def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrained=None, train_cells=None,
              unlabelled_cells=None):
     """Fine-tune on the 'train' cells of the token store at ``store_path``; write the model directory.
@@ -272,7 +320,6 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     cfg = cfg or FinetuneConfig()
     store = TokenStore(store_path)
     cells = store.cells
-    device = pick_device(cfg.device)
     if train_cells is None:
         train_mask = cells["split"].astype(str).eq("train").to_numpy()
     else:
@@ -281,8 +328,7 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     levels = label_levels(cells, all_train)
     targets = encode_targets(cells, levels)
     train_idx, val_idx = validation_split(targets["subclass"], all_train, cfg.val_fraction, cfg.seed)
-    counts = {k: np.bincount(targets[k][train_idx][targets[k][train_idx] >= 0], minlength=len(v)).tolist()
-              for k, v in levels.items()}
+    counts = count_classes(targets, levels, train_idx)
     log.info("fine-tuning on %d cells (%d for validation), %s classes", len(train_idx), len(val_idx),
              {k: len(v) for k, v in levels.items()})
 
@@ -298,41 +344,14 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
         unlabelled = np.flatnonzero(cells.index.isin([] if unlabelled_cells is None else unlabelled_cells))
         axes = fit_axes(store, np.union1d(all_train, unlabelled), cfg.n_programs, cfg.seed, genes=genes)
 
+    def train_one(name, params, fit_idx, check_idx, log_rows=None):
+        fit_counts = count_classes(targets, levels, fit_idx)
+        return train_candidate(cfg, store, pretrained, levels, name, params, fit_counts, fit_idx, check_idx,
+                               targets, genes=genes, axes=axes, log_rows=log_rows)
+
     best_overall, rows, candidates = None, [], []
     for name, params in loss_candidates(cfg):
-        torch.manual_seed(cfg.seed)
-        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        losses = {k: build_loss(name, counts[k], generator=generator, **params).to(device) for k in levels}
-        cosine = losses["subclass"].scale if name == "gcl" else None  # GCL reads a cosine head
-        model = build_classifier(cfg, store, pretrained, levels, genes=genes, cosine_scale=cosine,
-                                 axes=axes).to(device)
-        model.view_dropout = cfg.view_dropout
-        for head in model.heads.values():
-            head.drop.p = head.drop.p if cfg.head_dropout is None else cfg.head_dropout
-        frozen = None
-        if cfg.freeze_encoder:
-            model.encoder.requires_grad_(False)
-            _, frozen_part = predict_logits(model, store, all_train if len(val_idx) == 0 else
-                                            np.union1d(train_idx, val_idx), cfg)
-            frozen = np.zeros((len(store), model.embedding_dim), np.float32)
-            frozen[np.union1d(train_idx, val_idx)] = frozen_part
-        tag = f"{name} {params}" if cfg.loss == "auto" else "main"
-        f1, state = _train(model, store, train_idx, val_idx, targets, losses, cfg, epochs=cfg.epochs,
-                           frozen_emb=frozen, log_rows=rows, stage=tag)
-        model.load_state_dict(state)
-        if cfg.two_stage:
-            hard = hard_examples(model, store, train_idx, targets, cfg, frozen_emb=frozen)
-            log.info("two-stage: %d confidently misclassified training cells", len(hard))
-            if len(hard):
-                stage_cfg = replace(cfg, lr=cfg.lr / 10)
-                f1_2, state_2 = _train(model, store, hard, val_idx, targets, losses, stage_cfg,
-                                       epochs=cfg.two_stage_epochs, frozen_emb=frozen, log_rows=rows, stage="hard")
-                if f1_2 >= f1:
-                    f1, state = f1_2, state_2
-                model.load_state_dict(state)
-        if name == "gcl":
-            f1 = gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, params, cfg,
-                                  frozen_emb=frozen)
+        f1, model = train_one(name, params, train_idx, val_idx, log_rows=rows)
         candidates.append({"loss": name, "loss_params": params, "val_macro_f1": f1})
         if best_overall is None or f1 > best_overall[0]:
             best_overall = (f1, model, name, params)
@@ -346,57 +365,27 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     val_logits, val_emb = predict_logits(model, store, val_idx, cfg) if len(val_idx) else ({}, None)
     calibration = calibrate_levels(model, val_logits, {k: t[val_idx] for k, t in targets.items()}) or None
     model.calibration = calibration or {}
-    model.novelty = fit_novelty(model, store, train_idx, targets["subclass"], cfg, val_emb)
+    out_of_fold = None
+    if len(val_idx) < MIN_VALIDATION:  # too few unfitted cells for the novelty cut: cross-fit some
+        out_of_fold = out_of_fold_novelty(lambda fit: train_one(name, params, fit, val_idx[:0])[1], store,
+                                          train_idx, targets["subclass"], len(levels["subclass"]), cfg)
+        info["out_of_fold_cells"] = len(out_of_fold)
+    model.novelty = fit_novelty(model, store, train_idx, targets["subclass"], cfg, val_emb, out_of_fold)
     info["val_cells"] = cells.index[val_idx].tolist()
     save_classifier(model, out_dir, cfg=cfg, info=info, store=store, pretrained=pretrained, log_rows=rows,
                     calibration=calibration)
     return model, levels, info
 
 
-def gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, params, cfg, *,
-                     frozen_emb=None) -> float:
-    """GCL's stage 2 (as published: margin 0.1, focal γ = 1): the heads' last layers retrained on
-    class-balanced batches over the frozen features of the training cells; returns the validation macro-F1."""
-    _, emb = predict_logits(model, store, train_idx, cfg,
-                            embeddings=frozen_emb[train_idx] if frozen_emb is not None else None)
-    device = next(model.parameters()).device
-    for level, head in model.heads.items():
-        t = targets[level][train_idx]
-        keep = t >= 0
-        with torch.no_grad():  # model is in eval mode: no dropout in the frozen features
-            hidden = head.hidden(torch.as_tensor(emb[keep], device=device))
-        stage2 = build_loss("gcl", counts[level], generator=losses[level].generator,
-                            **{**params, "margin": 0.1, "gamma": 1.0}).to(device)
-        retrain_last_layer(head, hidden, t[keep], stage2, steps=stage2.stage2_steps, batch_size=cfg.batch_size,
-                           lr=cfg.lr, seed=cfg.seed)
-    if not len(val_idx):
-        return float("nan")
-    val_logits, _ = predict_logits(model, store, val_idx, cfg,
-                                   embeddings=frozen_emb[val_idx] if frozen_emb is not None else None)
-    return macro_f1(targets["subclass"][val_idx], val_logits["subclass"].argmax(1).numpy())
-
-
-def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
-    """Choose τ′ per level on the validation cells and set ``model.logit_bias`` = τ′·log N_j (celler.train.rebalance)."""
-    val_logits, _ = predict_logits(model, store, val_idx, cfg)
-    record = {}
-    for level, z in val_logits.items():
-        tau, grid = choose_logit_adjustment(z, targets[level][val_idx], counts[level])
-        model.logit_bias[level] = tau * torch.log(torch.as_tensor(counts[level], dtype=torch.float32).clamp(min=1))
-        record[level] = {"tau": tau, "grid": grid}
-        log.info("post-hoc logit adjustment, %s level: tau' = %+.2f (validation macro-F1 %.4f at 0)", level, tau,
-                 next(r["val_macro_f1"] for r in grid if r["tau"] == 0))
-    return record
-
-
-def fit_novelty(model, store, train_idx, labels, cfg, val_emb) -> NoveltyIndex:
+def fit_novelty(model, store, train_idx, labels, cfg, val_emb, out_of_fold=None) -> NoveltyIndex:
     """The novelty score's index over the training cells' readout vectors, its cut set on the validation
-    cells' (``val_emb``; None without validation cells) (celler.model.novelty)."""
+    cells' (``val_emb``; None without validation cells) and, when those are few, the training cells'
+    ``out_of_fold`` novelty (celler.model.novelty, celler.train.crossfit)."""
     _, emb = predict_logits(model, store, train_idx, cfg)
     index = NoveltyIndex.fit(emb, labels[train_idx], len(model.levels["subclass"]))
-    index.set_cut(index.score(val_emb) if val_emb is not None else np.zeros(0))
-    log.info("novelty cut %.2f (%d training cells indexed, %d validation cells)", index.cut, len(train_idx),
-             0 if val_emb is None else len(val_emb))
+    index.set_cut(index.score(val_emb) if val_emb is not None else np.zeros(0), out_of_fold=out_of_fold)
+    log.info("novelty cut %.2f (%d training cells indexed, %d validation cells, %d out-of-fold)", index.cut,
+             len(train_idx), 0 if val_emb is None else len(val_emb), 0 if out_of_fold is None else len(out_of_fold))
     return index
 
 

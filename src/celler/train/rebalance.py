@@ -15,8 +15,15 @@ validation score of the chosen τ′ is optimistic (the test scores in the table
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+from celler.model.classifier import predict_logits
+from celler.train.losses import build_loss
+
+log = logging.getLogger(__name__)
 
 #: τ′ candidates: from Menon's full correction of a CE model (−1) to giving back all of a removed prior (+1)
 POSTHOC_GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
@@ -74,4 +81,41 @@ def retrain_last_layer(head, hidden: torch.Tensor, labels: np.ndarray, loss_fn, 
         opt.step()
 
 
-__all__ = ["POSTHOC_GRID", "balanced_batches", "choose_logit_adjustment", "macro_f1", "retrain_last_layer"]
+def gcl_second_stage(model, store, train_idx, val_idx, targets, counts, losses, params, cfg, *,
+                     frozen_emb=None) -> float:
+    """GCL's stage 2 (as published: margin 0.1, focal γ = 1): the heads' last layers retrained on
+    class-balanced batches over the frozen features of the training cells; returns the validation macro-F1."""
+    _, emb = predict_logits(model, store, train_idx, cfg,
+                            embeddings=frozen_emb[train_idx] if frozen_emb is not None else None)
+    device = next(model.parameters()).device
+    for level, head in model.heads.items():
+        t = targets[level][train_idx]
+        keep = t >= 0
+        with torch.no_grad():  # model is in eval mode: no dropout in the frozen features
+            hidden = head.hidden(torch.as_tensor(emb[keep], device=device))
+        stage2 = build_loss("gcl", counts[level], generator=losses[level].generator,
+                            **{**params, "margin": 0.1, "gamma": 1.0}).to(device)
+        retrain_last_layer(head, hidden, t[keep], stage2, steps=stage2.stage2_steps, batch_size=cfg.batch_size,
+                           lr=cfg.lr, seed=cfg.seed)
+    if not len(val_idx):
+        return float("nan")
+    val_logits, _ = predict_logits(model, store, val_idx, cfg,
+                                   embeddings=frozen_emb[val_idx] if frozen_emb is not None else None)
+    return macro_f1(targets["subclass"][val_idx], val_logits["subclass"].argmax(1).numpy())
+
+
+def posthoc_adjustment(model, store, val_idx, targets, counts, cfg) -> dict:
+    """Choose τ′ per level on the validation cells and set ``model.logit_bias`` = τ′·log N_j (celler.train.rebalance)."""
+    val_logits, _ = predict_logits(model, store, val_idx, cfg)
+    record = {}
+    for level, z in val_logits.items():
+        tau, grid = choose_logit_adjustment(z, targets[level][val_idx], counts[level])
+        model.logit_bias[level] = tau * torch.log(torch.as_tensor(counts[level], dtype=torch.float32).clamp(min=1))
+        record[level] = {"tau": tau, "grid": grid}
+        log.info("post-hoc logit adjustment, %s level: tau' = %+.2f (validation macro-F1 %.4f at 0)", level, tau,
+                 next(r["val_macro_f1"] for r in grid if r["tau"] == 0))
+    return record
+
+
+__all__ = ["POSTHOC_GRID", "balanced_batches", "choose_logit_adjustment", "gcl_second_stage", "macro_f1",
+           "posthoc_adjustment", "retrain_last_layer"]
