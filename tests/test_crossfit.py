@@ -42,6 +42,9 @@ def few_label_model(pancreas_tokens, tmp_path_factory):
 
 
 def test_few_labels_set_the_cut_on_out_of_fold_cells(few_label_model, pancreas_tokens):
+    """Measured with this fixture's settings, seeds 0 / 1 / 2 (24 training cells, 1 validation cell): Wang's
+    unlabelled cells Unassigned 0.029 / 0.006 / 0.000 under the out-of-fold cut, 0.095 / 0.053 / 0.307 under the
+    fitted cells' leave-one-out cut; the cut 1.79 / 2.19 / 2.20 vs 1.54 / 1.78 / 1.29."""
     from celler.data.tokens import TokenStore
     from celler.model.classifier import predict_logits
     from celler.model.novelty import KNOWN_SHARE, MIN_VALIDATION
