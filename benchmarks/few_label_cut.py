@@ -15,7 +15,10 @@ model (the accuracy benchmark's cells, seeds and pretrained start):
 Read on the training cells whose labels the run did not read (known types, never the test cells: the tuning
 cells a rule is chosen on): the share left ``Unassigned`` (the target is ``KNOWN_SHARE``, 2%), the same among
 the rare types' cells (under ``evaluate.rare_fraction`` of the training cells), and the rare types' recall after
-``Unassigned`` (right label and kept); test cells' share for the record.
+``Unassigned`` (right label and kept); test cells' share for the record. ``--leave-out`` also leaves one type
+out of the labels (seed s: the s-th, by name, of the types with at least ``MIN_NOVEL`` training cells): its
+unlabelled training cells are then a type the model never saw, and ``novel_unassigned`` is the share of them
+each rule calls ``Unassigned`` (what a higher cut could cost); the other columns read the known types only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from _common import append_results
 from accuracy import OUT, REPO, pretrain_config, run_key, split_cells
 
 RULES = ("out_of_fold", "leave_one_out", "validation")
+MIN_NOVEL = 20  # training cells a type needs to be left out (--leave-out)
 
 
 def cuts(index, val_nov: np.ndarray) -> dict[str, float]:
@@ -75,12 +79,17 @@ def one(job: dict) -> list[dict]:
 
     val, _, _ = read(info["val_cells"])
     tuning, pred, truth = read(job["unlabelled"])
-    test, _, _ = read(job["test"])
+    test, _, test_truth = read(job["test"])
+    novel = truth == job["novel"]  # the left-out type's cells (none without --leave-out)
+    novel_nov = tuning[novel]
+    tuning, pred, truth, test = tuning[~novel], pred[~novel], truth[~novel], test[test_truth != job["novel"]]
     rare = np.isin(truth, job["rare"])
     rows = []
     for rule, cut in cuts(model.novelty, val).items():
         kept = tuning <= cut
         rows.append({"tissue": job["tissue"], "fraction": job["fraction"], "seed": job["seed"], "rule": rule,
+                     "left_out": job["novel"] or "",
+                     "novel_unassigned": float((novel_nov > cut).mean()) if len(novel_nov) else np.nan,
                      "validation_cells": len(val), "out_of_fold_cells": info.get("out_of_fold_cells", 0),
                      "cut": cut, "tuning_unassigned": float(1 - kept.mean()) if len(kept) else np.nan,
                      "rare_unassigned": float(1 - kept[rare].mean()) if rare.any() else np.nan,
@@ -98,6 +107,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--fractions", nargs="*", type=float, default=[0.01, 0.1])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--leave-out", action="store_true", help="also leave one type out of the labels (a novel type)")
     args = ap.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     p = config["pretrain"]
@@ -115,24 +125,29 @@ def main() -> None:
                 raise SystemExit(f"{pre}: run benchmarks/accuracy.py first (its per-tissue pretraining)")
             counts = cells.loc[all_train, "label"].astype(str).value_counts()
             rare = counts.index[counts < config["evaluate"].get("rare_fraction", 0.03) * counts.sum()].tolist()
+            big = sorted(counts.index[counts >= MIN_NOVEL])
+            novel = big[seed % len(big)] if args.leave_out else None
+            labelled = all_train[cells.loc[all_train, "label"].astype(str).to_numpy() != novel]
             for fraction in args.fractions:
-                train = label_fraction(cells.loc[all_train, "label"].astype(str), fraction, seed)
+                train = label_fraction(cells.loc[labelled, "label"].astype(str), fraction, seed)
                 jobs.append({"tissue": tissue, "seed": seed, "fraction": fraction, "store": str(store),
                              "settings": dict(config["finetune"]), "pretrained": str(pre), "train": list(train),
                              "unlabelled": list(all_train.difference(train)), "test": list(test),
-                             "rare": rare})
+                             "rare": rare, "novel": novel})
     jobs.sort(key=lambda j: (args.fractions.index(j["fraction"]), j["seed"]))  # a stopped run has whole rows
-    rows = []
+    rows, name = [], "few_label_cut" + ("_leave_out" if args.leave_out else "")
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(one, jobs):
             rows += part
             runs = pd.DataFrame(rows)
-            (OUT / "few_label_cut.tsv").write_text(runs.to_csv(sep="\t", index=False))
+            (OUT / f"{name}.tsv").write_text(runs.to_csv(sep="\t", index=False))
     table = runs.groupby(["tissue", "fraction", "rule"]).agg(
         validation_cells=("validation_cells", "mean"), out_of_fold_cells=("out_of_fold_cells", "mean"),
+        novel_unassigned=("novel_unassigned", "mean"),
         tuning_unassigned=("tuning_unassigned", "mean"), rare_unassigned=("rare_unassigned", "mean"),
         rare_recall_kept=("rare_recall_kept", "mean"), test_unassigned=("test_unassigned", "mean")).reset_index()
-    append_results("Novelty cut with few labels: Unassigned share of known cells per cut rule",
+    append_results("Novelty cut with few labels: Unassigned share of known cells per cut rule"
+                   + (", one type left out of the labels" if args.leave_out else ""),
                    table.to_markdown(index=False, floatfmt=".3f"),
                    "Seeds " + json.dumps(args.seeds) + "; tuning cells = the training cells whose labels the run "
                    "did not read (known types); test cells for the record only. Celler default, pretrained start.")

@@ -44,7 +44,7 @@ HELD_OUT = "ductal"  # the type conftest's pancreas_model is trained without
 # Floors measured on the real data with pancreas_model's settings (seed 0; seeds 0-4 noted at the asserts).
 # Training is deterministic for a given seed and thread count (1 vs 2 threads moves logits by < 0.005).
 XIN_TOP1_FLOOR = 0.97
-XIN_LABELLED_FLOOR = 0.85
+XIN_LABELLED_FLOOR = 0.92
 D_MODEL = preset("tiny").d_model
 
 
@@ -77,8 +77,8 @@ def test_xin_is_annotated_above_the_floor(model_dir, xin_result):
     assert res.info["threshold_source"] == "calibration.json" and res.info["temperature"] > 0
     top1 = float((p["top1_label"] == truth).mean())
     labelled = float((p["label"] == truth).mean())  # Unassigned counts as wrong
-    # measured (programs+profile readout, Unassigned = novelty above the cut), seeds 0-2: top-1 0.991-0.993,
-    # labelled about 0.93 (5.3-6.5% Unassigned, the study shift: tests/test_novelty.py)
+    # measured (programs+profile readout, Unassigned = novelty above the cut), seeds 0-2: top-1 0.990-0.993,
+    # labelled 0.955-0.973 (2.4-4.5% Unassigned, the study shift: tests/test_novelty.py)
     assert top1 >= XIN_TOP1_FLOOR, top1
     assert labelled >= XIN_LABELLED_FLOOR, labelled
     a = res.to_adata(ad.read_h5ad(XIN))

@@ -94,11 +94,14 @@ def wang_and_xin(pancreas_model):
 
 
 def test_never_seen_type_is_unassigned_and_the_rare_known_type_is_not(wang_and_xin, pancreas_model):
-    """Measured with conftest's pancreas_model, seeds 0 / 1 / 2: Wang's ductal cells (never trained on)
-    Unassigned 0.969 / 0.885 / 0.969, the seen types' 0.007-0.012; Xin's delta cells (10 training cells, another
-    study) kept with their right label 0.837 / 0.857 / 0.918; Xin Unassigned 5.3-6.5% (the study shift: the
-    cut is set on Wang's validation cells). The confidence rule before it (now the low_confidence flag):
-    ductal 0.80 / 0.26 / 0.89 (the ductal asserts fail on it), delta kept 0.796 / 0.816 / 0.612."""
+    """Measured with conftest's pancreas_model, seeds 0 / 1 / 2 (41 validation cells, so 364 out-of-fold
+    training cells join them for the cut): Wang's ductal cells (never trained on) Unassigned 0.969 / 0.833 /
+    0.958, the seen types' 0.002-0.005; Xin's delta cells (10 training cells, another study) kept with their
+    right label 0.939 / 0.878 / 0.939; Xin Unassigned 2.4-4.5% (the study shift: the cut is set on Wang's
+    cells). With the fitted cells' leave-one-out novelty in place of the out-of-fold: ductal 0.969 / 0.885 /
+    0.969, seen 0.007-0.012, delta 0.837 / 0.857 / 0.918, Xin 5.3-6.5%. The confidence rule before novelty (now
+    the low_confidence flag): ductal 0.80 / 0.26 / 0.89 (the ductal asserts fail on it), delta kept 0.796 /
+    0.816 / 0.612."""
     wang, xin = wang_and_xin
     truth_w = ad.read_h5ad(WANG).obs["celltype"].astype(str).reindex(wang.predictions.index)
     truth_x = ad.read_h5ad(XIN).obs["celltype"].astype(str).reindex(xin.predictions.index)
@@ -106,12 +109,12 @@ def test_never_seen_type_is_unassigned_and_the_rare_known_type_is_not(wang_and_x
     delta = truth_x.eq("delta").to_numpy()
     w, p = wang.predictions, xin.predictions
     unassigned_w = w["label"].eq(UNASSIGNED).to_numpy()
-    assert unassigned_w[ductal].mean() >= 0.85
+    assert unassigned_w[ductal].mean() >= 0.8
     assert unassigned_w[ductal].mean() > w["low_confidence"].to_numpy()[ductal].mean()  # today's rule
     assert unassigned_w[~ductal].mean() <= 0.03
     kept_right = p["label"].eq(truth_x).to_numpy()
-    assert kept_right[delta].mean() >= 0.75  # measured 0.816-0.918 (thread count moves a cell or two)
-    assert p["label"].eq(UNASSIGNED).mean() <= 0.08
+    assert kept_right[delta].mean() >= 0.8  # measured 0.878-0.939 (thread count moves a cell or two)
+    assert p["label"].eq(UNASSIGNED).mean() <= 0.06
     # why delta keeps its cells: each type on its own scale. The same training cells on one scale for all
     # (cut from their own leave-one-out novelty) leave 0.53-0.69 of Xin's delta cells above the cut, per-type
     # scales 0.08-0.31 (seeds 0-2)
