@@ -22,7 +22,9 @@ pancreas and Kang types are lineages of their own). Each fold scores, per cell, 
 * ``celltypist`` (1 - its top probability; ``Unassigned`` when no class reaches 0.5).
 
 A score's cut is the 98% quantile of its validation cells (known types held out of training); the default's
-is exactly the one ``celler.model.novelty`` sets (training cells join below 50 validation cells). Reported on the test cells: novelty AUROC (left-out type vs known types),
+is the one fine-tuning set (``celler.model.novelty``; out-of-fold training cells join below 50 validation cells,
+``celler.train.crossfit``; folds run before that change used the training cells' leave-one-out novelty).
+Reported on the test cells: novelty AUROC (left-out type vs known types),
 share of the left-out type and of the known cells ``Unassigned`` at that cut, and the share of the left-out
 type above the cut that leaves 3% of the known test cells; on the ``none`` folds, the known cells left
 ``Unassigned`` and the rare-class recall before and after. The tuning AUROC uses the left-out type's
@@ -262,17 +264,9 @@ def rescore(job: dict) -> None:
         table[name] = np.nan
         for s in sets:
             table.loc[table["set"] == s, name] = by_set[s]
-    table["default_novel"] = table[DEFAULT] > default_cut(z_path=path.with_suffix(".npz"))
+    with np.load(path.with_suffix(".npz")) as z:  # the cut fine-tuning set (out-of-fold cells below 50 validation)
+        table["default_novel"] = table[DEFAULT] > float(z["cut"])
     table.to_csv(path, sep="\t", index=False)
-
-
-def default_cut(z_path: Path) -> float:
-    """The cut celler.model.novelty sets for the default score (validation cells, joined by the training
-    cells' own scores when fewer than MIN_VALIDATION)."""
-    with np.load(z_path) as z:
-        index = NoveltyIndex.fit(z["emb_train"], z["labels"], int(z["labels"].max()) + 1)
-        index.set_cut(index.score(z["emb_val"]))
-    return index.cut
 
 
 def _auroc(novel: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None) -> float:
