@@ -7,7 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celler.train.crossfit import FOLDS, stratified_folds
+from celler.train.crossfit import stratified_folds
+from celler.train.finetune import FinetuneConfig
+
+FOLDS = FinetuneConfig().novelty_folds
 
 
 def test_folds_deal_each_type_evenly_and_never_hold_out_a_lone_cell():
@@ -29,7 +32,7 @@ def few_label_model(pancreas_tokens, tmp_path_factory):
 
     from celler.data.longtail import label_fraction
     from celler.data.tokens import TokenStore
-    from celler.train.finetune import FinetuneConfig, finetune
+    from celler.train.finetune import finetune
 
     torch.manual_seed(0)
     cells = TokenStore(pancreas_tokens).cells

@@ -7,11 +7,11 @@ benchmarks' labels) the training cells' own leave-one-out novelty used to join t
 those cells, which sit closer to their type than any new cell: 13-71% of known cells went ``Unassigned``
 (benchmarks/RESULTS.md, "Novelty cut with few labels").
 
-So the training cells are split into ``FOLDS`` folds, stratified by type; for each fold a model trained the same
-way on the other folds (same loss, schedule and program axes; no validation cells, the last epoch kept)
-indexes its own training cells and scores the fold's cells. Those out-of-fold novelties join the validation
+So the training cells are split into folds (``finetune.novelty_folds``, 5), stratified by type; for each fold a
+model trained the same way on the other folds (same loss, schedule and program axes; no validation cells, the
+last epoch kept) indexes its own training cells and scores the fold's cells. Those out-of-fold novelties join the validation
 cells to set the cut. A type with one training cell is never held out (every fold model knows every type).
-It costs ``FOLDS`` more trainings, and only a tissue with few labelled cells (under about 500) pays them,
+It costs one more training a fold, and only a tissue with few labelled cells (under about 500) pays them,
 where one training is short.
 """
 
@@ -26,9 +26,6 @@ from celler.model.classifier import predict_logits
 from celler.model.novelty import NoveltyIndex
 
 log = logging.getLogger(__name__)
-
-#: folds of the training cells (each fold model trains on the other FOLDS - 1)
-FOLDS = 5
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -45,7 +42,7 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def out_of_fold_novelty(train: Callable[[np.ndarray], object], store, train_idx: np.ndarray, labels: np.ndarray,
-                        n_classes: int, cfg, *, folds: int = FOLDS) -> np.ndarray:
+                        n_classes: int, cfg, *, folds: int) -> np.ndarray:
     """Novelty of each held-out training cell under a model trained without its fold.
 
     ``train(fit_idx)`` returns a classifier trained on the store rows ``fit_idx``; ``labels`` are type ids per
@@ -66,4 +63,4 @@ def out_of_fold_novelty(train: Callable[[np.ndarray], object], store, train_idx:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-__all__ = ["FOLDS", "out_of_fold_novelty", "stratified_folds"]
+__all__ = ["out_of_fold_novelty", "stratified_folds"]

@@ -83,6 +83,7 @@ class FinetuneConfig:
     min_steps: int = 250  # small label sets: at least this many steps (more epochs), no early stop before them
     patience: int = 4  # stop after this many epochs without a better validation macro-F1
     val_fraction: float = 0.1  # stratified share of the training cells used for model selection
+    novelty_folds: int = 5  # under MIN_VALIDATION validation cells: folds for out-of-fold novelty (0: off)
     freeze_encoder: bool = False  # train the heads only (the encoder's embeddings are computed once)
     two_stage: bool = False  # a second stage on confidently misclassified training cells
     two_stage_epochs: int = 2
@@ -366,9 +367,10 @@ def finetune(store_path, out_dir, cfg: FinetuneConfig | None = None, *, pretrain
     calibration = calibrate_levels(model, val_logits, {k: t[val_idx] for k, t in targets.items()}) or None
     model.calibration = calibration or {}
     out_of_fold = None
-    if len(val_idx) < MIN_VALIDATION:  # too few unfitted cells for the novelty cut: cross-fit some
+    if len(val_idx) < MIN_VALIDATION and cfg.novelty_folds:  # too few unfitted cells for the cut: cross-fit
         out_of_fold = out_of_fold_novelty(lambda fit: train_one(name, params, fit, val_idx[:0])[1], store,
-                                          train_idx, targets["subclass"], len(levels["subclass"]), cfg)
+                                          train_idx, targets["subclass"], len(levels["subclass"]), cfg,
+                                          folds=cfg.novelty_folds)
         info["out_of_fold_cells"] = len(out_of_fold)
     model.novelty = fit_novelty(model, store, train_idx, targets["subclass"], cfg, val_emb, out_of_fold)
     info["val_cells"] = cells.index[val_idx].tolist()
