@@ -304,7 +304,8 @@ def main() -> None:
     for v in args.variant:
         name, _, overrides = v.partition("=")
         variants[name] = base | json.loads(overrides)
-    baselines = list(config["evaluate"]["baselines"]) if args.baselines is None else args.baselines
+    baselines = (list(config["evaluate"]["baselines"]) if args.baselines is None
+                 else [b for b in args.baselines if b != "none"])
 
     prepare(config, tissues, args.workers, args.configfile)
     jobs = plan_all = plan(config, tissues, args.seeds, variants, baselines, args.label_fractions)
