@@ -1,6 +1,7 @@
 """Out-of-fold novelty (celler.train.crossfit): the novelty cut of a model with few labels is read on cells the
 model was not fitted on, so known cells are not left Unassigned wholesale."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -39,9 +40,10 @@ def few_label_model(pancreas_tokens, tmp_path_factory):
     wang = cells.index[cells["split"].eq("train")]
     train = label_fraction(cells.loc[wang, "label"].astype(str), 0.03, seed=0)
     cfg = FinetuneConfig(init="scratch", max_len=64, min_steps=100, seed=0)
-    model, levels, info = finetune(pancreas_tokens, tmp_path_factory.mktemp("few") / "model", cfg,
-                                   train_cells=list(train), unlabelled_cells=list(wang.difference(train)))
-    return model, levels, info, cfg, wang.difference(train)
+    out = tmp_path_factory.mktemp("few") / "model"
+    model, levels, info = finetune(pancreas_tokens, out, cfg, train_cells=list(train),
+                                   unlabelled_cells=list(wang.difference(train)))
+    return model, out, info, cfg, wang.difference(train)
 
 
 def test_few_labels_set_the_cut_on_out_of_fold_cells(few_label_model, pancreas_tokens):
@@ -52,10 +54,13 @@ def test_few_labels_set_the_cut_on_out_of_fold_cells(few_label_model, pancreas_t
     from celler.model.classifier import predict_logits
     from celler.model.novelty import KNOWN_SHARE, MIN_VALIDATION
 
-    model, levels, info, cfg, tuning = few_label_model
+    model, model_dir, info, cfg, tuning = few_label_model
     assert info["n_val"] < MIN_VALIDATION
     lone = sum(n == 1 for n in info["class_counts"]["subclass"])
     assert info["out_of_fold_cells"] == info["n_train"] - lone  # every training cell of a type of 2+ scored
+    # the model directory says which cells set its cut (the report quotes it)
+    chosen = json.loads((model_dir / "config.json").read_text())["chosen"]
+    assert (chosen["n_val"], chosen["out_of_fold_cells"]) == (info["n_val"], info["out_of_fold_cells"])
     store = TokenStore(pancreas_tokens)
     names = store.cells.index
     _, val_emb = predict_logits(model, store, np.flatnonzero(names.isin(pd.Index(info["val_cells"]))), cfg)

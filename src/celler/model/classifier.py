@@ -203,8 +203,8 @@ def save_classifier(model: CellClassifier, out_dir, *, cfg, info, store, pretrai
         (tmp / "config.json").write_text(json.dumps({
             "celler_version": __version__, "finetune": asdict(cfg), "pretrained": str(pretrained) if pretrained else None,
             "token_store": str(store.path), "chosen": {k: info[k] for k in ("loss", "loss_params", "val_macro_f1",
-                                                                           "n_train", "n_val", "candidates",
-                                                                           "posthoc") if k in info}}, indent=1,
+                                                                           "n_train", "n_val", "out_of_fold_cells",
+                                                                           "candidates", "posthoc") if k in info}}, indent=1,
             default=str))
         shutil.copy(store.path / "vocab.json", tmp / "vocab.json")
         vocab = store.vocab()

@@ -139,6 +139,8 @@ def _confidence(inp: TissueInputs) -> tuple[tuple[Figure, Figure], dict]:
         "low_share": float(low.mean()) if len(low) else float("nan"),
         "novelty": "unassigned" in pred and "novelty" in pred,
         "cut": inp.novelty_cut,
+        "cut_cells": {k: v for k, v in ((inp.model_config or {}).get("chosen") or {}).items()
+                      if k in ("n_val", "out_of_fold_cells")},
         "threshold": default,
         "per_class": bool(per_class),
         "calibrated": cal is not None,

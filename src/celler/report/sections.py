@@ -244,10 +244,22 @@ def _levels_text(inp: TissueInputs) -> str:
             "parent call that is not their subclass call's parent.")
 
 
+def _cut_cells(c: dict) -> str:
+    """Which cells set the novelty cut (celler.model.novelty; celler.train.crossfit below 50 validation cells)."""
+    if "n_val" not in c:
+        return ""
+    text = f"; set on {c['n_val']:,} validation cells"
+    if c.get("out_of_fold_cells"):
+        text += (f" and {c['out_of_fold_cells']:,} training cells, each scored by a model trained without it "
+                 "(too few validation cells for a cut of their own)")
+    return text
+
+
 def _unassigned_text(u: dict) -> str:
     if u["novelty"]:
         rule = (f"<code>celler annotate</code> labels a cell Unassigned when its novelty passes the model's cut "
-                f"({u['cut']:.1f}, novelty.npz): unlike every training type, whatever its confidence")
+                f"({u['cut']:.1f}, novelty.npz{_cut_cells(u.get('cut_cells') or {})}): unlike every training type, "
+                "whatever its confidence")
     else:
         rule = ("this model has no novelty index (trained before novelty scores), so Unassigned falls back to "
                 "its confidence thresholds")
