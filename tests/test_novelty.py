@@ -74,6 +74,11 @@ def test_few_validation_cells_borrow_the_training_cells_for_the_cut():
     assert index.cut < 10  # a quantile of 501 cells, not that one cell's value
     index.set_cut(np.full(100, 5.0))  # enough: the validation cells alone
     assert index.cut == 5.0
+    # out-of-fold novelty, when given, joins a few validation cells in place of the leave-one-out novelty
+    index.set_cut(np.full(3, 2.0), out_of_fold=np.full(200, 4.0))
+    assert index.cut == 4.0
+    index.set_cut(np.full(60, 2.0), out_of_fold=np.full(200, 4.0))  # 50+ validation cells: theirs alone
+    assert index.cut == 2.0
 
 
 def test_index_round_trips_through_its_file(tmp_path):
