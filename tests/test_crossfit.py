@@ -28,7 +28,8 @@ def test_folds_deal_each_type_evenly_and_never_hold_out_a_lone_cell():
 
 @pytest.fixture(scope="module")
 def few_label_model(pancreas_tokens, tmp_path_factory):
-    """Pancreas Wang with 3% of its labels (3+ cells a type, 3 validation cells: under MIN_VALIDATION)."""
+    """Pancreas Wang with 3% of its labels (3+ cells a type: 25 cells, 1 of them for validation, under
+    MIN_VALIDATION)."""
     import torch
 
     from celler.data.longtail import label_fraction
